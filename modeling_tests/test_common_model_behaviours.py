@@ -1,0 +1,89 @@
+"""Conventions every transformers model keeps (the spirit of transformers' ModelTesterMixin), checked on ConvLLaVA."""
+
+import torch
+from tiny_models import TINY_IMAGE_TOKEN_ID, TINY_TEXT, tiny_config, tiny_model
+from transformers import AutoModel, AutoModelForImageTextToText
+
+from convllava_hf import ConvLlavaModel
+
+INPUT_IDS = torch.tensor([[1, 11, 12] + [TINY_IMAGE_TOKEN_ID] * 16 + [13, 14]])
+PIXELS = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+
+
+def test_fresh_model_is_initialised_like_its_parts():
+    model = AutoModelForImageTextToText.from_config(tiny_config())
+    layer_scales = [p for name, p in model.named_parameters() if name.endswith("layer_scale_parameter")]
+    assert layer_scales and all(torch.all(p == 1e-6) for p in layer_scales)  # ConvNeXt's own init
+    projector = model.model.multi_modal_projector.linear_1
+    assert abs(projector.weight.std().item() - 0.02) < 0.005 and torch.all(projector.bias == 0)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_return_dict_false_gives_a_tuple_with_loss_then_logits():
+    model = tiny_model()
+    with torch.no_grad():
+        as_tuple = model(input_ids=INPUT_IDS, pixel_values=PIXELS, labels=INPUT_IDS, return_dict=False)
+        as_output = model(input_ids=INPUT_IDS, pixel_values=PIXELS, labels=INPUT_IDS)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_output.loss)
+    torch.testing.assert_close(as_tuple[1], as_output.logits)
+
+
+def test_hidden_states_and_attentions_have_one_entry_per_layer():
+    model = AutoModelForImageTextToText.from_config(tiny_config(), attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = model(input_ids=INPUT_IDS, pixel_values=PIXELS, output_hidden_states=True, output_attentions=True)
+    layers = TINY_TEXT["num_hidden_layers"]
+    assert len(out.hidden_states) == layers + 1 and len(out.attentions) == layers
+    assert out.attentions[0].shape == (1, TINY_TEXT["num_attention_heads"], 21, 21)
+    assert out.image_outputs.pooler_output[0].shape == (16, TINY_TEXT["hidden_size"])
+
+
+def test_eager_and_sdpa_attention_agree():
+    sdpa = tiny_model()
+    eager = AutoModelForImageTextToText.from_config(sdpa.config, attn_implementation="eager").eval()
+    eager.load_state_dict(sdpa.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(
+            eager(input_ids=INPUT_IDS, pixel_values=PIXELS).logits,
+            sdpa(input_ids=INPUT_IDS, pixel_values=PIXELS).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def test_inputs_embeds_and_precomputed_image_features_match_input_ids_path():
+    model = tiny_model()
+    with torch.no_grad():
+        reference = model(input_ids=INPUT_IDS, pixel_values=PIXELS).logits
+        embeds = model.get_input_embeddings()(INPUT_IDS)
+        from_embeds = model(inputs_embeds=embeds, pixel_values=PIXELS).logits
+        image = model.get_image_features(pixel_values=PIXELS)
+        from_features = model(input_ids=INPUT_IDS, mm_encoder_outputs={"image": image}).logits
+    torch.testing.assert_close(from_embeds, reference, rtol=0, atol=0)
+    torch.testing.assert_close(from_features, reference, rtol=0, atol=0)
+
+
+def test_resize_token_embeddings_grows_input_and_output_embeddings():
+    model = tiny_model()
+    model.resize_token_embeddings(900)
+    assert model.get_input_embeddings().weight.shape[0] == model.lm_head.weight.shape[0] == 900
+    assert model.config.text_config.vocab_size == 900
+    assert model(input_ids=INPUT_IDS, pixel_values=PIXELS).logits.shape[-1] == 900
+
+
+def test_base_model_returns_hidden_states_and_is_what_auto_model_builds():
+    model = AutoModel.from_config(tiny_config()).eval()
+    assert isinstance(model, ConvLlavaModel)
+    with torch.no_grad():
+        out = model(input_ids=INPUT_IDS, pixel_values=PIXELS)
+    assert out.last_hidden_state.shape == (1, 21, TINY_TEXT["hidden_size"])
+
+
+def test_bfloat16_model_runs_and_stays_close_to_float32():
+    model = tiny_model()
+    with torch.no_grad():
+        reference = model(input_ids=INPUT_IDS, pixel_values=PIXELS).logits
+        low = model.to(torch.bfloat16)(input_ids=INPUT_IDS, pixel_values=PIXELS).logits
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - reference).abs().max() < 0.1 * reference.abs().max()
