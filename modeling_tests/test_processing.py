@@ -1,0 +1,292 @@
+"""ConvLlavaProcessor: the original's prompts and token ids, chat template, batching, save/load and bad inputs."""
+
+import json
+import re
+
+import PIL.Image
+import pytest
+import sentencepiece
+import torch
+from conftest import FIXTURE_DIR
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sentencepiece import sentencepiece_model_pb2
+from transformers import AutoProcessor, LlamaTokenizer
+
+from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
+from convllava_hf.processing_conv_llava import ConvLlavaProcessor
+
+IMAGES = FIXTURE_DIR / "images"
+IMAGE_TOKEN_ID = 800
+TOKENS_PER_IMAGE = 16  # 256x256 canvas, stride 64
+SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+CASES = json.loads((FIXTURE_DIR / "reference" / "cases.json").read_text())["cases"]
+ROWS = {case["name"]: case for case in CASES[:4]} | {f"case4.row{i}": row for i, row in enumerate(CASES[4]["rows"])}
+
+
+class OriginalSlowTokenizer:
+    """transformers 4.39's slow `LlamaTokenizer` (legacy=False, add_prefix_space=True), rebuilt on sentencepiece."""
+
+    specials = ("<unk>", "<s>", "</s>")
+
+    def __init__(self):
+        proto = sentencepiece_model_pb2.ModelProto.FromString((FIXTURE_DIR / "llm" / "tokenizer.model").read_bytes())
+        proto.normalizer_spec.add_dummy_prefix = False
+        self.sp = sentencepiece.SentencePieceProcessor()
+        self.sp.LoadFromSerializedProto(proto.SerializeToString())
+        self.unk_length = len(self.sp.encode("<unk>", out_type=str))
+
+    def _tokenize(self, text: str) -> list[str]:
+        if not text.startswith(("\u2581", " ")):
+            return self.sp.encode(text, out_type=str)
+        return self.sp.encode("<unk>" + text, out_type=str)[self.unk_length :]
+
+    def __call__(self, text: str) -> list[int]:
+        tokens = []
+        if text:
+            special = "(" + "|".join(map(re.escape, self.specials)) + ")"
+            pieces = re.split(special, "\u2581" + text.replace("\u2581", " "))
+            tokens = [t for p in pieces if p for t in ([p] if p in self.specials else self._tokenize(p))]
+            if len(tokens) > 1 and tokens[0] == "\u2581" and tokens[1] in self.specials:
+                tokens = tokens[1:]
+        return [1] + [self.sp.piece_to_id(token) for token in tokens]
+
+
+def original_input_ids(prompt: str, tokenizer: OriginalSlowTokenizer, image_token_counts: list[int]) -> list[int]:
+    """The original `tokenizer_image_token`, then each -200 expanded to that image's tokens."""
+    counts = iter(image_token_counts)
+    input_ids = [1]
+    for index, chunk in enumerate(tokenizer(piece) for piece in prompt.split("<image>")):
+        input_ids += [IMAGE_TOKEN_ID] * next(counts) if index else []
+        input_ids += chunk[1:]
+    return input_ids
+
+
+def original_vicuna_prompt(turns: list[tuple[str, str | None]], system: str = SYSTEM) -> str:
+    """The original `conv_templates["v1"].get_prompt()` (sep_style TWO, seps " " and "</s>")."""
+    prompt = system + " "
+    for index, (role, message) in enumerate(turns):
+        prompt += f"{role}: {message}{(' ', '</s>')[index % 2]}" if message else f"{role}:"
+    return prompt
+
+
+def expanded(input_ids: list[int]) -> list[int]:
+    return [token for i in input_ids for token in ([IMAGE_TOKEN_ID] * TOKENS_PER_IMAGE if i == -200 else [i])]
+
+
+def user_message(question: str, image_count: int) -> dict:
+    return {"role": "user", "content": [{"type": "image"}] * image_count + [{"type": "text", "text": question}]}
+
+
+@pytest.fixture(scope="module")
+def processor() -> ConvLlavaProcessor:
+    return ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
+
+
+@pytest.fixture(scope="module")
+def reloaded(processor, tmp_path_factory) -> ConvLlavaProcessor:
+    folder = tmp_path_factory.mktemp("processor")
+    processor.save_pretrained(folder)
+    return AutoProcessor.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def original_tokenizer() -> OriginalSlowTokenizer:
+    return OriginalSlowTokenizer()
+
+
+def open_images(row: dict) -> list[PIL.Image.Image] | None:
+    return [PIL.Image.open(IMAGES / row["image"])] if row["image"] else None
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_chat_template_reproduces_the_original_prompts(processor, name):
+    row = ROWS[name]
+    messages = [user_message(row["question"], 1 if row["image"] else 0)]
+    assert processor.apply_chat_template(messages, add_generation_prompt=True) == row["prompt"]
+
+
+def test_chat_template_accepts_plain_string_content(processor):
+    messages = [{"role": "user", "content": ROWS["case3"]["question"]}]
+    assert processor.apply_chat_template(messages, add_generation_prompt=True) == ROWS["case3"]["prompt"]
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_token_ids_equal_the_originals_with_image_tokens_expanded(processor, name):
+    row = ROWS[name]
+    outputs = processor(images=open_images(row), text=row["prompt"], return_tensors="pt")
+    assert outputs["input_ids"].tolist() == [expanded(row["input_ids"])]
+    assert outputs["attention_mask"].all()
+
+
+def test_apply_chat_template_tokenizes_with_images_from_the_messages(processor):
+    row = ROWS["case0"]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": str(IMAGES / row["image"])},
+                {"type": "text", "text": row["question"]},
+            ],
+        }
+    ]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert inputs["input_ids"].tolist() == [expanded(row["input_ids"])]
+    assert inputs["image_sizes"].tolist() == [[256, 256]]
+
+
+def test_batch_is_left_padded_by_default_and_each_row_matches_the_original(processor):
+    rows = CASES[4]["rows"]
+    images, texts = [IMAGES / row["image"] for row in rows], [row["prompt"] for row in rows]
+    outputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    assert processor.tokenizer.padding_side == "left"
+    lengths = [len(expanded(row["input_ids"])) for row in rows]
+    assert outputs["input_ids"].shape == (2, max(lengths))
+    for input_ids, attention_mask, row, length in zip(outputs["input_ids"], outputs["attention_mask"], rows, lengths):
+        padding = max(lengths) - length
+        assert attention_mask.tolist() == [0] * padding + [1] * length
+        assert input_ids.tolist() == [0] * padding + expanded(row["input_ids"])
+    assert outputs["pixel_values"].shape == (2, 3, 256, 256)
+
+
+FRAGMENTS = [
+    "<image>", "<image>\n", " ", "  ", "\n", "\t", "</s>", "<s>", "<unk>", "USER:", " ASSISTANT:", "Hello", " world",
+    "What is it?", "é", "日本", "\u2581", "42", "?", "!",
+]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fragments=st.lists(st.sampled_from(FRAGMENTS), max_size=10))
+def test_tokenization_matches_the_original_slow_tokenizer_on_any_text(
+    processor, reloaded, original_tokenizer, fragments
+):
+    text = "".join(fragments)
+    images = [PIL.Image.new("RGB", (8, 8))] * text.count("<image>") or None
+    expected = original_input_ids(text, original_tokenizer, [TOKENS_PER_IMAGE] * text.count("<image>"))
+    assert processor(images=images, text=text)["input_ids"] == [expected]
+    assert reloaded(images=images, text=text)["input_ids"] == [expected]
+
+
+def test_text_after_an_image_starting_with_a_space_keeps_the_dummy_prefix(processor, original_tokenizer):
+    text = "USER: <image> What is it?"  # sentencepiece: "▁", "▁What" after the image, not just "▁What"
+    expected = original_input_ids(text, original_tokenizer, [TOKENS_PER_IMAGE])
+    assert processor(images=[PIL.Image.new("RGB", (8, 8))], text=text)["input_ids"] == [expected]
+    after_image = expected[expected.index(IMAGE_TOKEN_ID) + TOKENS_PER_IMAGE :]
+    assert after_image[0] == processor.tokenizer.convert_tokens_to_ids("\u2581")
+    assert processor.tokenizer(" What is it?", add_special_tokens=False)["input_ids"] == after_image[1:]
+
+
+def test_multi_turn_multi_image_chat_matches_the_original_format_and_ids(processor, original_tokenizer):
+    messages = [
+        user_message("Compare these two pictures.", 2),
+        {"role": "assistant", "content": [{"type": "text", "text": "The first one is wider."}]},
+        user_message("And this one?", 1),
+        {"role": "assistant", "content": "It is square."},
+        user_message("Which is the tallest?", 0),
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt == original_vicuna_prompt(
+        [
+            ("USER", "<image>\n<image>\nCompare these two pictures."),
+            ("ASSISTANT", "The first one is wider."),
+            ("USER", "<image>\nAnd this one?"),
+            ("ASSISTANT", "It is square."),
+            ("USER", "Which is the tallest?"),
+            ("ASSISTANT", None),
+        ]
+    )
+    assert "wider.</s>USER: <image>\nAnd" in prompt
+    names = ("landscape_320x200.png", "portrait_150x260.png", "square_256x256.png")
+    images = [PIL.Image.open(IMAGES / name) for name in names]
+    input_ids = processor(images=images, text=prompt)["input_ids"][0]
+    assert input_ids == original_input_ids(prompt, original_tokenizer, [TOKENS_PER_IMAGE] * 3)
+    assert input_ids.count(IMAGE_TOKEN_ID) == 3 * TOKENS_PER_IMAGE
+
+
+def test_system_message_overrides_the_default_and_final_assistant_turn_can_be_empty(processor):
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "You are terse."}]},
+        user_message("Hi", 0),
+        {"role": "assistant", "content": ""},
+    ]
+    assert processor.apply_chat_template(messages) == original_vicuna_prompt(
+        [("USER", "Hi"), ("ASSISTANT", None)], system="You are terse."
+    )
+
+
+def test_unknown_role_is_rejected_by_the_template(processor):
+    with pytest.raises(Exception, match="must be 'user' or 'assistant'"):
+        processor.apply_chat_template([{"role": "tool", "content": "42"}])
+
+
+def test_preserve_mode_expands_each_image_to_its_own_token_count():
+    processor = ConvLlavaProcessor.from_original(
+        FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", image_aspect_ratio="preserve"
+    )
+    images = [PIL.Image.open(IMAGES / "landscape_320x200.png"), PIL.Image.open(IMAGES / "portrait_150x260.png")]
+    outputs = processor(images=images, text=["<image>\nA", "<image>\nB"], padding=True, return_tensors="pt")
+    assert outputs["image_sizes"].tolist() == [[192, 256], [256, 128]]
+    assert (outputs["input_ids"] == IMAGE_TOKEN_ID).sum(-1).tolist() == [12, 8]
+    assert processor._get_num_multimodal_tokens(image_sizes=[[200, 320], [260, 150]]).num_image_tokens == [12, 8]
+
+
+def test_num_multimodal_tokens_hook_follows_the_settings(processor):
+    assert processor._get_num_multimodal_tokens(image_sizes=[[200, 320], [5000, 1]]).num_image_tokens == [16, 16]
+    data = processor._get_num_multimodal_tokens(
+        image_sizes=[[1000, 3000]], resolution=1536, image_aspect_ratio="preserve"
+    )
+    assert data.num_image_tokens == [192] and data.num_image_patches == [1]
+
+
+def test_save_and_reload_with_auto_processor(processor, reloaded, tmp_path):
+    assert type(reloaded) is ConvLlavaProcessor
+    assert type(reloaded.image_processor) is ConvLlavaImageProcessor
+    assert reloaded.image_processor.to_dict() == processor.image_processor.to_dict()
+    assert reloaded.chat_template == processor.chat_template
+    assert (reloaded.image_token, reloaded.image_token_id) == ("<image>", IMAGE_TOKEN_ID)
+    assert reloaded.tokenizer.padding_side == "left"
+    rows = CASES[4]["rows"]
+    kwargs = {"images": [IMAGES / row["image"] for row in rows], "text": [row["prompt"] for row in rows]}
+    expected = processor(**kwargs, padding=True, return_tensors="pt")
+    actual = reloaded(**kwargs, padding=True, return_tensors="pt")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_decode_and_batch_decode_pass_through_to_the_tokenizer(processor):
+    input_ids = processor(text="USER: Hello world")["input_ids"]
+    assert processor.batch_decode(input_ids, skip_special_tokens=True) == ["USER: Hello world"]
+    assert processor.decode(input_ids[0]) == processor.tokenizer.decode(input_ids[0])
+
+
+@pytest.mark.parametrize(
+    "text, image_count, message",
+    [
+        ("<image>\n<image>\nTwo markers", 1, "should be the same as the number of images"),
+        ("<image>\nA marker", 0, "no images were passed"),
+        ("No marker", 1, "should be the same as the number of images"),
+        (["<image> one", "none"], 2, "should be the same as the number of images"),
+    ],
+)
+def test_marker_and_image_counts_must_agree(processor, text, image_count, message):
+    images = [PIL.Image.new("RGB", (8, 8))] * image_count or None
+    with pytest.raises(ValueError, match=message):
+        processor(images=images, text=text)
+
+
+def test_truncation_is_refused(processor):
+    with pytest.raises(ValueError, match="does not truncate"):
+        processor(text="Hello world", truncation=True, max_length=2)
+
+
+def test_image_token_is_added_after_the_vocabulary_when_the_tokenizer_lacks_it(processor):
+    tokenizer = LlamaTokenizer.from_pretrained(FIXTURE_DIR / "llm")
+    assert "<image>" not in tokenizer.get_vocab()
+    assert ConvLlavaProcessor(processor.image_processor, tokenizer).image_token_id == IMAGE_TOKEN_ID
+    assert tokenizer.convert_ids_to_tokens(IMAGE_TOKEN_ID) == "<image>"
+    assert tokenizer.decode([IMAGE_TOKEN_ID, 273], skip_special_tokens=True) == tokenizer.decode([273])

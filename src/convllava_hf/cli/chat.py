@@ -1,0 +1,92 @@
+"""`convllava-chat`: ask a ConvLLaVA model about an image and stream the answer."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, TextStreamer
+
+from ..demo import build_demo_model_and_processor
+
+DEMO_IMAGE = Path(__file__).resolve().parent / "demo_image.png"
+
+
+class TimedStreamer(TextStreamer):
+    """A TextStreamer that records when the prompt arrives and when each new token arrives."""
+
+    def __init__(self, tokenizer, **kwargs):
+        super().__init__(tokenizer, skip_prompt=True, **kwargs)
+        self.token_times: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.next_tokens_are_prompt:
+            self.token_times.append(time.perf_counter())
+        super().put(value)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--image", type=Path, default=DEMO_IMAGE, help="image file (default: a bundled demo picture)")
+    parser.add_argument("--prompt", default="What is in this image?", help="question about the image")
+    parser.add_argument("--model", help="converted ConvLLaVA folder or Hub id; without it a random demo model is used")
+    parser.add_argument("--load-in-4bit", action="store_true", help="quantize the language model to 4-bit (bitsandbytes)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--image-aspect-ratio", choices=["pad", "preserve"], help="override the processor's mode")
+    return parser.parse_args(argv)
+
+
+def load(model_id: str | None, load_in_4bit: bool):
+    """The requested model and processor, or the random demo model when no weights can be reached."""
+    if model_id is not None:
+        quantization = BitsAndBytesConfig(load_in_4bit=True) if load_in_4bit else None
+        try:
+            processor = AutoProcessor.from_pretrained(model_id)
+            model = AutoModelForImageTextToText.from_pretrained(model_id, dtype="auto", quantization_config=quantization)
+            return model.eval(), processor
+        except OSError as error:
+            print(f"Could not load {model_id!r} ({error}).", file=sys.stderr)
+    print(
+        "*** DEMO MODE: a small ConvLLaVA with RANDOM weights, built on the fly. Its answer is gibberish; pass --model "
+        "with a converted checkpoint for real answers. ***",
+        file=sys.stderr,
+    )
+    return build_demo_model_and_processor()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from PIL import Image
+
+    model, processor = load(args.model, args.load_in_4bit)
+    if args.image_aspect_ratio:
+        processor.image_processor.image_aspect_ratio = args.image_aspect_ratio
+    image = Image.open(args.image)
+
+    start = time.perf_counter()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": args.prompt}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device)
+    preprocessed = time.perf_counter()
+    height, width = inputs["image_sizes"][0].tolist()
+    tokens = processor.image_processor.num_image_tokens(image.height, image.width)
+    print(f"image {image.width}x{image.height} -> {width}x{height} pixels -> {tokens} visual tokens "
+          f"({height // 64}x{width // 64}); prompt {inputs['input_ids'].shape[1]} tokens", file=sys.stderr)
+
+    streamer = TimedStreamer(processor.tokenizer, skip_special_tokens=True)
+    print("ASSISTANT:", end=" ", flush=True)
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer)
+    times = streamer.token_times
+    first_token_s = times[0] - preprocessed if times else float("nan")
+    decode_rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    print(
+        f"preprocessing {1000 * (preprocessed - start):.0f} ms, time to first token {1000 * first_token_s:.0f} ms, "
+        f"decoding {decode_rate:.1f} tokens/s ({len(times)} tokens)",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()

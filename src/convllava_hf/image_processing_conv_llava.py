@@ -1,0 +1,188 @@
+"""Image processor of ConvLLaVA: the original "pad" pipeline, bit for bit, plus an aspect-ratio preserving mode."""
+
+import io
+import os
+import warnings
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import ImageInput, SizeDict
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+from transformers.processing_utils import ImagesKwargs
+
+from .configuration_conv_llava import VISION_STRIDE
+
+ASPECT_RATIO_MODES = ("pad", "preserve")
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+class ConvLlavaImageProcessorKwargs(ImagesKwargs, total=False):
+    """
+    resolution (`int`): side of the square canvas every image ends up on; a positive multiple of 64.
+    image_aspect_ratio (`str`): `"pad"` (the released models) or `"preserve"`.
+    """
+
+    resolution: int
+    image_aspect_ratio: str
+
+
+def _check_settings(resolution: int | None, image_aspect_ratio: str | None) -> None:
+    if not isinstance(resolution, int) or resolution <= 0 or resolution % VISION_STRIDE:
+        raise ValueError(f"resolution must be a positive multiple of {VISION_STRIDE}, got {resolution!r}.")
+    if image_aspect_ratio not in ASPECT_RATIO_MODES:
+        raise ValueError(f"image_aspect_ratio must be one of {ASPECT_RATIO_MODES}, got {image_aspect_ratio!r}.")
+
+
+def _check_pixel_count(height: int, width: int) -> None:
+    if height == 0 or width == 0:
+        raise ValueError(f"Got an empty image ({width}x{height} pixels).")
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    if limit is not None and height * width > limit:
+        raise ValueError(
+            f"The image has {width}x{height} = {width * height} pixels, more than PIL's decompression-bomb limit "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {limit}; raise that limit if the image is trusted."
+        )
+
+
+def open_image(source: str | os.PathLike | bytes | bytearray) -> PIL.Image.Image:
+    """Decode an image file or its bytes, turning PIL's errors and decompression-bomb warnings into `ValueError`."""
+    name = "the given bytes" if isinstance(source, (bytes, bytearray)) else repr(os.fspath(source))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+            image.load()
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+        raise ValueError(
+            f"Refusing to decode {name}: {error} (PIL.Image.MAX_IMAGE_PIXELS = {PIL.Image.MAX_IMAGE_PIXELS})."
+        ) from error
+    except (OSError, SyntaxError) as error:
+        raise ValueError(
+            f"Could not decode an image from {name}: truncated, corrupt or not an image ({error})."
+        ) from error
+    return image
+
+
+def _upright_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """
+    Apply the EXIF orientation, map 16-bit greyscale (0..65535) to 8-bit (0..255), then `convert("RGB")` as the
+    original loader did (so an alpha channel is dropped, not composited).
+    """
+    image = PIL.ImageOps.exif_transpose(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        levels = np.rint(np.asarray(image, dtype=np.float64) / 257.0)
+        image = PIL.Image.fromarray(np.clip(levels, 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+class ConvLlavaImageProcessor(LlavaImageProcessorPil):
+    r"""
+    Turns images into ConvLLaVA's `pixel_values` (PIL backend: bicubic resizing by Pillow on uint8 data, as the
+    original `CLIPImageProcessor` did).
+
+    Every image ends up on a `resolution` x `resolution` canvas, so the outputs of separate calls always stack:
+
+    - `image_aspect_ratio="pad"` (default; what the released models were trained with): the original pipeline. The
+      image is centred on a square filled with the mean colour (`int(mean * 255)` per channel, offset
+      `(long - short) // 2`), resized to `resolution` (bicubic), centre-cropped, rescaled by 1/255 and normalised.
+      The whole canvas is content: `(resolution / 64) ** 2` visual tokens.
+    - `image_aspect_ratio="preserve"`: no mean-colour padding. The image is scaled so that its longer side is
+      `resolution`; each side is then rounded to the nearest multiple of 64 (halves round up) and clamped to
+      `[64, resolution]`, the image is resized to exactly that size, rescaled, normalised and zero-padded at the
+      bottom and right onto the canvas. `(height / 64) * (width / 64)` visual tokens, never more than in "pad" mode.
+
+    `image_sizes` holds each image's content `(height, width)` on the canvas; the model encodes only that top-left
+    region, so the canvas padding never changes its features.
+
+    Inputs are PIL images, numpy arrays or torch tensors, or image files given as paths or bytes. PIL images get their
+    EXIF orientation applied and 16-bit greyscale is mapped to 8 bits; every mode ends up RGB through PIL's
+    `convert("RGB")`, like the original loader (an alpha channel is dropped, as there; arrays and tensors with an
+    alpha channel follow transformers' convention and are composited onto white). `size`, `crop_size` and `do_pad` follow `resolution` and `image_aspect_ratio`.
+
+    Args:
+        resolution (`int`, *optional*, defaults to 1536): side of the canvas, a positive multiple of 64.
+        image_aspect_ratio (`str`, *optional*, defaults to `"pad"`): `"pad"` or `"preserve"`.
+        **kwargs: the usual image-processor settings (`image_mean`, `image_std`, `resample`, ...).
+    """
+
+    valid_kwargs = ConvLlavaImageProcessorKwargs
+    model_input_names = ["pixel_values", "image_sizes"]
+    resolution = 1536
+    image_aspect_ratio = "pad"
+
+    def _standardize_kwargs(
+        self, resolution: int | None = None, image_aspect_ratio: str | None = None, **kwargs
+    ) -> dict:
+        _check_settings(resolution, image_aspect_ratio)
+        kwargs.update(
+            size={"shortest_edge": resolution},
+            crop_size={"height": resolution, "width": resolution},
+            do_pad=image_aspect_ratio == "pad",
+        )
+        return super()._standardize_kwargs(resolution=resolution, image_aspect_ratio=image_aspect_ratio, **kwargs)
+
+    def content_size(
+        self, height: int, width: int, resolution: int | None = None, image_aspect_ratio: str | None = None
+    ) -> tuple[int, int]:
+        """(height, width) an image of that size fills on the canvas; settings default to this processor's."""
+        resolution = self.resolution if resolution is None else resolution
+        image_aspect_ratio = image_aspect_ratio or self.image_aspect_ratio
+        _check_settings(resolution, image_aspect_ratio)
+        if height <= 0 or width <= 0:
+            raise ValueError(f"Image sizes must be positive, got {height}x{width} (height x width).")
+        if image_aspect_ratio == "pad":
+            return resolution, resolution
+        longest = max(height, width)
+
+        def side(length: int) -> int:
+            # round(length * resolution / longest / 64), halves up, in exact integer arithmetic
+            units = (2 * length * resolution + VISION_STRIDE * longest) // (2 * VISION_STRIDE * longest)
+            return VISION_STRIDE * min(max(units, 1), resolution // VISION_STRIDE)
+
+        return side(height), side(width)
+
+    def num_image_tokens(
+        self, height: int, width: int, resolution: int | None = None, image_aspect_ratio: str | None = None
+    ) -> int:
+        """Visual tokens the model spends on an image of `height` x `width` pixels (its original size)."""
+        content_height, content_width = self.content_size(height, width, resolution, image_aspect_ratio)
+        return (content_height // VISION_STRIDE) * (content_width // VISION_STRIDE)
+
+    def fetch_images(self, image_url_or_urls: ImageInput | str | os.PathLike | bytes | list) -> ImageInput:
+        """Open image files given as paths or bytes (raising `ValueError` for bad ones); URLs as in transformers."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(item) for item in image_url_or_urls]
+        if isinstance(image_url_or_urls, (bytes, bytearray, os.PathLike)) or (
+            isinstance(image_url_or_urls, str) and os.path.isfile(image_url_or_urls)
+        ):
+            return open_image(image_url_or_urls)
+        return super().fetch_images(image_url_or_urls)
+
+    def process_image(self, image: ImageInput, **kwargs) -> np.ndarray:
+        """One input image as a channels-first RGB array, after the orientation, mode and size checks."""
+        if isinstance(image, PIL.Image.Image):
+            _check_pixel_count(image.height, image.width)
+            image = _upright_rgb(image)
+        elif 0 in np.shape(image):
+            raise ValueError(f"Got an empty image array of shape {tuple(np.shape(image))}.")
+        array = super().process_image(image, **kwargs)
+        _check_pixel_count(*array.shape[-2:])
+        return array
+
+    def _preprocess(
+        self, images: list[np.ndarray], resolution: int, image_aspect_ratio: str, return_tensors=None, **kwargs
+    ) -> BatchFeature:
+        pixel_values, image_sizes = [], []
+        for image in images:
+            height, width = self.content_size(*image.shape[-2:], resolution, image_aspect_ratio)
+            if image_aspect_ratio == "preserve":
+                kwargs.update(size=SizeDict(height=height, width=width), do_center_crop=False)
+            pixel_values += super()._preprocess([image], return_tensors=None, **kwargs)["pixel_values"]
+            image_sizes.append([height, width])
+        pixel_values = self.pad(pixel_values, pad_size=SizeDict(height=resolution, width=resolution))
+        return BatchFeature({"pixel_values": pixel_values, "image_sizes": image_sizes}, tensor_type=return_tensors)
+
+
+__all__ = ["ConvLlavaImageProcessor"]
