@@ -1,54 +1,41 @@
 """A multi-image, multi-turn chat with ConvLLaVA's processor and model.
 
     python examples/chat_multiturn.py --model path/to/converted-convllava   # a converted checkpoint
-    python examples/chat_multiturn.py                                        # the tiny test fixture
+    python examples/chat_multiturn.py                                        # a RANDOM demo model (gibberish answers)
 
-Without `--model` the processor is built from the original-tiny fixture (its real tokenizer and image settings) and
-the model has the fixture's shapes but RANDOM weights, so the answers are gibberish; the prompts and inputs are real.
+The images are the bundled demo picture and two crops of it with other aspect ratios (pass --images for yours).
 """
 
 import argparse
-import json
 from pathlib import Path
 
+import PIL.Image
 import torch
-from transformers import AutoProcessor, ConvNextConfig
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from convllava_hf import ConvLlavaConfig, ConvLlavaForConditionalGeneration, ConvLlavaProcessor
-
-FIXTURE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original-tiny"
-TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+from convllava_hf.cli.chat import DEMO_IMAGE
+from convllava_hf.demo import build_demo_model_and_processor
 
 
-def fixture_model_and_processor() -> tuple[ConvLlavaForConditionalGeneration, ConvLlavaProcessor]:
-    """The fixture's processor and a random-weight model of the fixture's shapes."""
-    processor = ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
-    llm_config = json.loads((FIXTURE_DIR / "llm" / "config.json").read_text())
-    config = ConvLlavaConfig(
-        vision_config=ConvNextConfig.from_pretrained(FIXTURE_DIR / "vision").to_dict(),
-        text_config={"model_type": "llama", "vocab_size": len(processor.tokenizer)}
-        | {key: llm_config[key] for key in TEXT_KEYS},
-        image_token_index=processor.image_token_id,
-        image_resolution=processor.image_processor.resolution,
-    )
-    torch.manual_seed(0)
-    return ConvLlavaForConditionalGeneration(config).eval(), processor
+def default_images() -> list[PIL.Image.Image]:
+    picture = PIL.Image.open(DEMO_IMAGE).convert("RGB")
+    return [picture, picture.crop((100, 80, 380, 330)), picture.crop((380, 0, 620, 427))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a converted ConvLLaVA checkpoint folder (default: the tiny fixture)")
-    parser.add_argument("--images", nargs=3, type=Path, default=sorted((FIXTURE_DIR / "images").glob("*.png")))
+    parser.add_argument("--model", help="a converted ConvLLaVA checkpoint folder or Hub id (default: random demo model)")
+    parser.add_argument("--images", nargs=3, type=Path, help="three image files")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
 
     if args.model:
-        model = ConvLlavaForConditionalGeneration.from_pretrained(args.model).eval()
+        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="auto").eval()
         processor = AutoProcessor.from_pretrained(args.model)
     else:
-        model, processor = fixture_model_and_processor()
+        model, processor = build_demo_model_and_processor()
+    first, second, third = [PIL.Image.open(path) for path in args.images] if args.images else default_images()
 
-    first, second, third = (str(path) for path in args.images)
     user_turns = [
         [
             {"type": "image", "image": first},
@@ -63,7 +50,7 @@ def main() -> None:
         messages.append({"role": "user", "content": content})
         inputs = processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
+        ).to(model.device)
         with torch.inference_mode():
             output_ids = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         answer = processor.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
