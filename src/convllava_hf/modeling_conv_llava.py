@@ -144,22 +144,5 @@ class ConvLlavaForConditionalGeneration(ConvLlavaPreTrainedModel, LlavaForCondit
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
-    def get_image_features(
-        self,
-        pixel_values: ImageInput,
-        vision_feature_layer: int | None = None,
-        vision_feature_select_strategy: str | None = None,
-        image_sizes: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """See [`ConvLlavaModel.get_image_features`]."""
-        return self.model.get_image_features(
-            pixel_values=pixel_values,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            image_sizes=image_sizes,
-            **kwargs,
-        )
-
 
 __all__ = ["ConvLlavaForConditionalGeneration", "ConvLlavaModel", "ConvLlavaPreTrainedModel", "ConvLlavaVisionModel"]
