@@ -1,0 +1,126 @@
+"""Lazy, tensor-by-tensor reading of PyTorch (`.bin`) and safetensors checkpoints, single-file or sharded."""
+
+import json
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .errors import ConversionError
+
+#: Checkpoint layouts, most preferred first: (index file, single file).
+WEIGHT_LAYOUTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of one stored tensor, and the file that holds it."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    file: Path
+
+
+def find_weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """
+    The weight files of a `save_pretrained`-style folder and the index's name -> file map (None without an index):
+    the shards of a safetensors or `.bin` index, or the single `model.safetensors` / `pytorch_model.bin`
+    (safetensors preferred when both formats are present).
+    """
+    for index_name, single_name in WEIGHT_LAYOUTS:
+        index = folder / index_name
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = [folder / name for name in dict.fromkeys(weight_map.values())]
+            missing = [file.name for file in files if not file.is_file()]
+            if missing:
+                raise ConversionError(f"{index} names shard files that do not exist: {', '.join(missing)}.")
+            return files, weight_map
+        if (folder / single_name).is_file():
+            return [folder / single_name], None
+    expected = ", ".join(name for layout in WEIGHT_LAYOUTS for name in layout)
+    raise ConversionError(f"No weights in {folder}: expected one of {expected}.")
+
+
+def load_bin(file: Path) -> dict[str, torch.Tensor]:
+    """A `torch.save`d state dict, memory-mapped (zip format), read with `weights_only=True`, never plain pickle."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+    except Exception as error:
+        raise ConversionError(f"Cannot read {file} as a weights-only PyTorch state dict: {error}") from error
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ConversionError(f"{file} does not hold a flat dict of name -> tensor.")
+    return state
+
+
+class CheckpointReader:
+    """
+    Every tensor of a set of weight files, by name. Shapes and dtypes are known up front; `get` reads one tensor,
+    keeping at most one `.bin` file memory-mapped (read the names grouped by file to open each file once).
+    """
+
+    def __init__(self, files: Iterable[Path]):
+        self.specs: dict[str, TensorSpec] = {}
+        self._open_file: Path | None = None
+        self._open_state: dict[str, torch.Tensor] = {}
+        for file in files:
+            for name, shape, dtype in self._read_specs(file):
+                if name in self.specs:
+                    raise ConversionError(f"Tensor {name!r} is stored twice: in {self.specs[name].file} and {file}.")
+                self.specs[name] = TensorSpec(shape, dtype, file)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "CheckpointReader":
+        """A reader over the weights of a `save_pretrained`-style folder (see `find_weight_files`)."""
+        files, weight_map = find_weight_files(folder)
+        reader = cls(files)
+        stored = {name: spec.file.name for name, spec in reader.specs.items()}
+        if weight_map is not None and weight_map != stored:
+            disagreeing = sorted(set(weight_map.items()) ^ set(stored.items()))[:5]
+            raise ConversionError(
+                f"The index in {folder} does not match its shards (disagreeing entries, up to 5): {disagreeing}."
+            )
+        return reader
+
+    @staticmethod
+    def _read_specs(file: Path) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        if file.suffix == ".safetensors":
+            with safe_open(file, framework="pt") as handle:
+                slices = {name: handle.get_slice(name) for name in handle.keys()}
+                return [(name, tuple(s.get_shape()), SAFETENSORS_DTYPES[s.get_dtype()]) for name, s in slices.items()]
+        return [(name, tuple(tensor.shape), tensor.dtype) for name, tensor in load_bin(file).items()]
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor `name`, read from its file (a memory-mapped view for `.bin`, a fresh copy for safetensors)."""
+        file = self.specs[name].file
+        if file.suffix == ".safetensors":
+            self.close()
+            with safe_open(file, framework="pt") as handle:
+                return handle.get_tensor(name)
+        if file != self._open_file:
+            self.close()
+            self._open_state, self._open_file = load_bin(file), file
+        return self._open_state[name]
+
+    def close(self) -> None:
+        """Drop the memory-mapped `.bin` file, if any, so its pages leave this process."""
+        self._open_state, self._open_file = {}, None

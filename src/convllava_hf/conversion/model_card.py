@@ -1,0 +1,149 @@
+"""README.md (Hub model card) of a converted ConvLLaVA checkpoint."""
+
+from ..configuration_conv_llava import ConvLlavaConfig
+
+BENCHMARK_SOURCE = "https://github.com/alibaba/conv-llava/blob/main/docs/Model_zoo.md"
+GENERAL_BENCHMARKS = ("MME", "MMBench", "SEED", "RealWorldQA", "MMMU", "MM-Vet", "TextVQA", "DocVQA", "POPE")
+GROUNDING_BENCHMARKS = (
+    "RefCOCO val", "RefCOCO test-A", "RefCOCO test-B", "RefCOCO+ val", "RefCOCO+ test-A", "RefCOCO+ test-B",
+    "RefCOCOg val", "RefCOCOg test", "Avg",
+)  # fmt: skip
+
+#: Published results of the ConvLLaVA-sft-<resolution> checkpoints (7B), from the authors' Model Zoo (BENCHMARK_SOURCE).
+PUBLISHED_RESULTS = {
+    768: (
+        ("1541", "68", "68.8", "55.9", "36.3", "44.8", "59.1", "44.8", "87.3"),
+        ("84.5", "89.0", "79.2", "77.7", "84.9", "69.7", "79.8", "79.7", "80.6"),
+    ),
+    1024: (
+        ("1553", "68.8", "69.3", "58.8", "35.1", "44.4", "62.5", "48.5", "87.7"),
+        ("85.5", "89.6", "78.8", "79.3", "86.1", "70.3", "80.6", "81.2", "81.4"),
+    ),
+    1536: (
+        ("1575", "68.7", "70.2", "59.9", "35.8", "45.9", "65.8", "59", "87.3"),
+        ("86.5", "90.6", "80.5", "80.0", "86.8", "71.5", "82.0", "82.4", "82.3"),
+    ),
+}
+
+CITATION = """@article{ge2024convllava,
+  title={ConvLLaVA: Hierarchical Backbones as Visual Encoder for Large Multimodal Models},
+  author={Ge, Chunjiang and Cheng, Sijie and Wang, Ziming and Yuan, Jiale and Gao, Yuan and Song, Jun and
+          Song, Shiji and Huang, Gao and Zheng, Bo},
+  journal={arXiv preprint arXiv:2405.15738},
+  year={2024}
+}"""
+
+#: Placeholders of the usage snippet (tests substitute them to run it).
+MODEL_ID_PLACEHOLDER = "path/or/repo-id/of/this/model"
+IMAGE_PLACEHOLDER = "example.jpg"
+
+
+def _table(headers: tuple[str, ...], row: tuple[str, ...]) -> str:
+    return "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers), "| " + " | ".join(row) + " |"])
+
+
+def benchmark_section(resolution: int, sources: list[str]) -> str:
+    """The authors' published results for this resolution, or a clearly marked placeholder if there are none."""
+    if resolution not in PUBLISHED_RESULTS:
+        return (
+            f"**No published results for {resolution}x{resolution} inputs.** The authors published numbers only for "
+            f"the 768, 1024 and 1536 models ([Model Zoo]({BENCHMARK_SOURCE})); evaluate this model yourself."
+        )
+    general, grounding = PUBLISHED_RESULTS[resolution]
+    caveat = (
+        " This conversion was made from a pretrain (stage 2) checkpoint, for which no results were published."
+        if any("pretrain" in source.lower() for source in sources)
+        else " They describe this conversion only if it was made from that checkpoint."
+    )
+    return (
+        f"Results published by the authors for ConvLLaVA-sft-{resolution} "
+        f"(7B, {(resolution // 64) ** 2} visual tokens), "
+        f"from the [ConvLLaVA Model Zoo]({BENCHMARK_SOURCE}); not re-measured on this conversion.{caveat}\n\n"
+        f"{_table(GENERAL_BENCHMARKS, general)}\n\n{_table(GROUNDING_BENCHMARKS, grounding)}"
+    )
+
+
+def usage_snippet(dtype: str) -> str:
+    """A copy-paste example: load, chat template, generate."""
+    return f"""```python
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import convllava_hf  # registers ConvLLaVA with the Auto classes (pip install convllava-hf)
+
+model_id = "{MODEL_ID_PLACEHOLDER}"
+processor = AutoProcessor.from_pretrained(model_id)
+model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch.{dtype}, device_map="auto")
+
+question = "What is shown in this image?"
+messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": question}}]}}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+image = Image.open("{IMAGE_PLACEHOLDER}")
+inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device, model.dtype)
+output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```"""
+
+
+def render_model_card(
+    config: ConvLlavaConfig, sources: list[str], base_models: list[str], original_vocab_size: int, notes: list[str]
+) -> str:
+    """The model card: Hub metadata, what was converted and how, usage, published results, license, citation."""
+    resolution = config.image_resolution
+    padded = config.text_config.vocab_size
+    dtype = str(config.text_config.dtype).removeprefix("torch.")
+    metadata = ["library_name: transformers", "pipeline_tag: image-text-to-text", "license: llama2"]
+    if base_models:
+        metadata += ["base_model:", *(f"- {model}" for model in base_models)]
+    metadata += ["tags:", "- convllava", "- llava", "- convnext", "- vision-language"]
+    notes_section = "".join(f"- {note}\n" for note in notes)
+    return f"""---
+{chr(10).join(metadata)}
+---
+
+# ConvLLaVA-{resolution} for 🤗 Transformers
+
+[ConvLLaVA](https://arxiv.org/abs/2405.15738) replaces LLaVA-1.5's ViT with a hierarchical five-stage ConvNeXt
+(total stride 64), so a {resolution}x{resolution} image costs only {config.image_seq_length} visual tokens. This
+folder is the original checkpoint ([alibaba/conv-llava](https://github.com/alibaba/conv-llava)) converted to the
+transformers-native `ConvLlavaForConditionalGeneration` of the `convllava-hf` package ({dtype} safetensors).
+
+Converted from: {", ".join(f"`{source}`" for source in sources)}.
+
+## Usage
+
+{usage_snippet(dtype)}
+
+Each `<image>` (one per image entry of a message) becomes `(height / 64) * (width / 64)` image tokens; images are
+padded to a square with the mean colour and resized to {resolution}x{resolution}, as in the original. Prompts follow
+the original's Vicuna-v1 conversation template (`processor.apply_chat_template`).
+
+## Conversion details
+
+- Weights are unchanged apart from the dtype. Parameter names follow `ConvLlavaForConditionalGeneration`
+  (`model.vision_tower.*`, `model.multi_modal_projector.linear_1/2.*`, `model.language_model.*`, `lm_head.*`).
+- `<image>` was added to the tokenizer as id {config.image_token_index}. The input embeddings and `lm_head` were
+  grown from {original_vocab_size} to {padded} rows (the next multiple of 64, like the llava-hf models); every new row
+  (`<image>` and {padded - original_vocab_size - 1} padding rows) is the **mean of the original rows**. Each new
+  token's logit is therefore the mean of the original logits, below the largest one, so greedy decoding never picks
+  it; `<image>`'s input embedding is never used (image features replace it).
+- Batched prompts are padded on the left (the original padded on the right for training).
+{notes_section}
+## Results
+
+{benchmark_section(resolution, sources)}
+
+## License
+
+The released ConvLLaVA checkpoints are built on Vicuna-7B-v1.5 and state: "Llama 2 is licensed under the LLAMA 2
+Community License, Copyright (c) Meta Platforms, Inc. All Rights Reserved." The ConvLLaVA project adds no constraints
+of its own but asks users to comply with the licenses of the data and checkpoints it builds on (e.g. the OpenAI Terms
+of Use for GPT-generated training data and the Llama 2 Community License). This conversion inherits those terms.
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""

@@ -1,0 +1,45 @@
+"""The converted checkpoint's processor and generation config, from the original LLM and vision folders."""
+
+import json
+from pathlib import Path
+
+from transformers import GenerationConfig
+
+from ..processing_conv_llava import ConvLlavaProcessor
+from .errors import ConversionError
+
+
+def build_processor(
+    llm_dir: Path, vision_dir: Path, image_processor_kwargs: dict, original_vocab_size: int
+) -> ConvLlavaProcessor:
+    """
+    The original sentencepiece tokenizer plus `<image>` (id `original_vocab_size`) and an image processor that
+    reproduces the original preprocessing with `image_processor_kwargs` (see `image_processor_settings`).
+    """
+    try:
+        processor = ConvLlavaProcessor.from_original(llm_dir, vision_dir, **image_processor_kwargs)
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"Cannot build the processor from {llm_dir} and {vision_dir}: {error}") from error
+    if processor.image_token_id != original_vocab_size:
+        raise ConversionError(
+            f"The tokenizer in {llm_dir} has {processor.image_token_id} tokens but the LLM has {original_vocab_size} "
+            f"embedding rows; they must match so that <image> gets the id right after the vocabulary."
+        )
+    return processor
+
+
+def build_generation_config(llm_dir: Path, processor: ConvLlavaProcessor) -> GenerationConfig:
+    """The original `generation_config.json` (if any) with the tokenizer's BOS, EOS and pad ids."""
+    path = llm_dir / "generation_config.json"
+    settings = json.loads(path.read_text()) if path.is_file() else {}
+    settings.pop("transformers_version", None)
+    tokenizer = processor.tokenizer
+    settings.update(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    try:
+        generation_config = GenerationConfig(**settings)
+        generation_config.validate(strict=True)
+    except ValueError as error:
+        raise ConversionError(f"The original {path.name} is not a valid generation config: {error}") from error
+    return generation_config

@@ -1,0 +1,75 @@
+"""Which converted tensor comes from which original tensor, checked against the model's own parameter list."""
+
+from collections.abc import Callable
+
+import torch
+
+from ..configuration_conv_llava import ConvLlavaConfig
+from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
+from .checkpoint_reader import CheckpointReader
+from .config_conversion import ConfigConversion
+from .errors import ConversionError
+from .key_mapping import EMBEDDING_KEYS, map_llm_keys, map_vision_keys
+from .safetensors_writer import PlannedTensor
+
+
+def expected_parameters(config: ConvLlavaConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor `ConvLlavaForConditionalGeneration(config)` loads (built on the meta device)."""
+    with torch.device("meta"):
+        model = ConvLlavaForConditionalGeneration(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def pad_rows_with_mean(weight: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """`weight` in `dtype`, grown to `rows` rows, each new row the mean of the original rows (computed in float32)."""
+    mean = weight.mean(dim=0, dtype=torch.float32, keepdim=True)
+    return torch.cat([weight.to(dtype), mean.to(dtype).expand(rows - weight.shape[0], -1)])
+
+
+def _loader(
+    reader: CheckpointReader, name: str, dtype: torch.dtype, rows: int | None, other: CheckpointReader
+) -> Callable[[], torch.Tensor]:
+    def load() -> torch.Tensor:
+        other.close()  # never keep a file of the other folder mapped while reading this one
+        tensor = reader.get(name)
+        return tensor.to(dtype) if rows is None else pad_rows_with_mean(tensor, rows, dtype)
+
+    return load
+
+
+def plan_weights(
+    conversion: ConfigConversion, llm: CheckpointReader, vision: CheckpointReader, dtype: torch.dtype
+) -> list[PlannedTensor]:
+    """
+    The converted tensors in reading order (each source file once): LLM and projector, then vision tower. Refuses
+    unknown, missing or misshapen tensors, naming them. The embedding and lm_head rows for `<image>` and the padding
+    up to a multiple of 64 are the mean of the original rows.
+    """
+    sources = {new: (llm, old) for old, new in map_llm_keys(llm.specs).items()}
+    dropped = conversion.dropped_vision_prefix
+    kept_vision = [name for name in vision.specs if not (dropped and name.startswith(dropped))]
+    sources.update({new: (vision, old) for old, new in map_vision_keys(kept_vision).items()})
+    expected = expected_parameters(conversion.config)
+    missing = [name for name in expected if name not in sources]
+    if missing:
+        raise ConversionError(f"The original checkpoint lacks tensor(s) the model needs: {', '.join(missing)}.")
+    unexpected = [sources[name][1] for name in sources if name not in expected]
+    if unexpected:
+        raise ConversionError(
+            f"The original checkpoint has tensor(s) the converted model has no place for: {', '.join(unexpected)}."
+        )
+
+    planned = []
+    for name, (reader, old) in sources.items():
+        stored = reader.specs[old].shape
+        rows = expected[name][0] if name in EMBEDDING_KEYS else None
+        wanted = (conversion.original_vocab_size, *expected[name][1:]) if rows is not None else expected[name]
+        if stored != wanted:
+            raise ConversionError(f"Tensor {old!r} has shape {list(stored)}; the config implies {list(wanted)}.")
+        if not reader.specs[old].dtype.is_floating_point:
+            raise ConversionError(
+                f"Tensor {old!r} has dtype {reader.specs[old].dtype}; model weights are floating point."
+            )
+        other = vision if reader is llm else llm
+        planned.append(PlannedTensor(name, expected[name], dtype, _loader(reader, old, dtype, rows, other)))
+    return planned
