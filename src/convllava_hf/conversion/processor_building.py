@@ -29,10 +29,14 @@ def build_processor(
 
 
 def build_generation_config(llm_dir: Path, processor: ConvLlavaProcessor) -> GenerationConfig:
-    """The original `generation_config.json` (if any) with the tokenizer's BOS, EOS and pad ids."""
+    """
+    The original `generation_config.json` (if any) with the tokenizer's BOS, EOS and pad ids. Its `max_length` (the
+    context size, 4096 for Vicuna) is dropped: kept, it would make every `generate(max_new_tokens=...)` warn.
+    """
     path = llm_dir / "generation_config.json"
     settings = json.loads(path.read_text()) if path.is_file() else {}
-    settings.pop("transformers_version", None)
+    for key in ("transformers_version", "max_length"):
+        settings.pop(key, None)
     tokenizer = processor.tokenizer
     settings.update(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
