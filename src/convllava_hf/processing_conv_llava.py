@@ -108,7 +108,7 @@ class ConvLlavaProcessor(ProcessorMixin):
         """Encode each text with its images' token counts, then pad (`unused`: other tokenizer settings)."""
         if truncation not in (None, False, "do_not_truncate"):
             raise ValueError("ConvLlavaProcessor does not truncate: cutting a prompt could drop image tokens.")
-        input_ids = [self._encode(text, image_token_counts, add_special_tokens) for text in texts]
+        input_ids = [self.encode_text(text, image_token_counts, add_special_tokens) for text in texts]
         return self.tokenizer.pad(
             {"input_ids": input_ids},
             padding=padding,
@@ -119,8 +119,11 @@ class ConvLlavaProcessor(ProcessorMixin):
             return_tensors=return_tensors,
         )
 
-    def _encode(self, text: str, image_token_counts: Iterator[int], add_special_tokens: bool) -> list[int]:
-        """The original's `tokenizer_image_token`, with each `<image>` expanded to its image-token ids."""
+    def encode_text(self, text: str, image_token_counts: Iterator[int], add_special_tokens: bool = True) -> list[int]:
+        """
+        Token ids of one text as the original's `tokenizer_image_token` builds them, each `<image>` expanded to
+        `next(image_token_counts)` image-token ids (the counts of the text's images, in order).
+        """
         pieces = [self._with_dummy_prefix(piece) for piece in text.split(self.image_token)]
         chunks = self.tokenizer(pieces, add_special_tokens=add_special_tokens)["input_ids"]
         offset = int(bool(chunks[0]) and chunks[0][0] == self.tokenizer.bos_token_id)

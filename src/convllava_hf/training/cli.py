@@ -1,0 +1,141 @@
+"""`convllava-train`: one stage of the ConvLLaVA recipe on the Hugging Face Trainer, one GPU or many (accelerate)."""
+
+import logging
+import sys
+
+import torch
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from torch import nn
+from transformers import BitsAndBytesConfig, PreTrainedModel
+
+from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
+from ..processing_conv_llava import ConvLlavaProcessor
+from .arguments import ConvLlavaArguments, ConvLlavaTrainingArguments, parse_args
+from .collator import ConvLlavaDataCollator
+from .data import LlavaDataset
+from .initialization import assemble_conv_llava
+from .stages import STAGE_PRESETS, freeze_for_stage
+from .trainer import PROJECTOR_MODULE_NAME, ConvLlavaTrainer
+
+logger = logging.getLogger(__name__)
+
+#: Kept in full precision by QLoRA: only the language model's linear layers are quantized.
+QLORA_UNQUANTIZED_MODULES = ("model.vision_tower", f"model.{PROJECTOR_MODULE_NAME}", "lm_head")
+#: Above this, a tokenizer's `model_max_length` is transformers' "no limit" placeholder.
+NO_LENGTH_LIMIT = 10**9
+
+
+def lora_config(model: PreTrainedModel, args: ConvLlavaArguments) -> LoraConfig:
+    """LoRA on every linear layer of the language model; the projector is trained and saved in full."""
+    linear = [name for name, module in model.model.language_model.named_modules() if isinstance(module, nn.Linear)]
+    names = {name.rsplit(".", 1)[-1] for name in linear}
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=rf"model\.language_model\..*\.({'|'.join(sorted(names))})",
+        modules_to_save=[PROJECTOR_MODULE_NAME],
+        task_type="CAUSAL_LM",
+    )
+
+
+def weights_dtype(args: ConvLlavaArguments) -> torch.dtype | str:
+    """The `dtype` argument of `from_pretrained` for `--model_dtype`."""
+    return args.model_dtype if args.model_dtype == "auto" else getattr(torch, args.model_dtype)
+
+
+def load_model(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArguments) -> PreTrainedModel | PeftModel:
+    """The model of `args.model` with only what the stage trains left trainable (LoRA adapters with `--lora`)."""
+    quantization_config = None
+    if args.load_in_4bit:
+        compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+        quantization_config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=list(QLORA_UNQUANTIZED_MODULES),
+        )
+    model = ConvLlavaForConditionalGeneration.from_pretrained(
+        args.model,
+        dtype=weights_dtype(args),
+        quantization_config=quantization_config,
+        device_map={"": training_args.device} if quantization_config else None,
+        attn_implementation=args.attn_implementation,
+    )
+    if not args.lora:
+        freeze_for_stage(model, args.stage, args.vision_trainable_from)
+        return model
+    model.requires_grad_(False)
+    if args.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return get_peft_model(model, lora_config(model, args))
+
+
+def load_model_and_processor(
+    args: ConvLlavaArguments, training_args: ConvLlavaTrainingArguments
+) -> tuple[PreTrainedModel | PeftModel, ConvLlavaProcessor]:
+    """The stage's starting model (assembled from `--model` + `--vision_tower`, or loaded) and its processor."""
+    if args.vision_tower:
+        dtype, attention = weights_dtype(args), args.attn_implementation
+        model, processor = assemble_conv_llava(args.model, args.vision_tower, dtype, attention)
+        freeze_for_stage(model, args.stage)
+    else:
+        model = load_model(args, training_args)
+        processor = ConvLlavaProcessor.from_pretrained(args.processor or args.model)
+    model.config.use_cache = False
+    return model, processor
+
+
+def build_trainer(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArguments) -> ConvLlavaTrainer:
+    """Processor, model, dataset, collator and trainer of one stage."""
+    model, processor = load_model_and_processor(args, training_args)
+    if args.image_aspect_ratio is not None:
+        processor.image_processor.image_aspect_ratio = args.image_aspect_ratio
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token_id is None:
+        raise ValueError("The tokenizer has no pad token; set one (LLaVA uses <unk>) and save the processor.")
+    max_length = args.model_max_length
+    if max_length is None and tokenizer.model_max_length < NO_LENGTH_LIMIT:
+        max_length = tokenizer.model_max_length
+    dataset = LlavaDataset(
+        args.data,
+        processor,
+        image_folder=args.image_folder,
+        model_max_length=max_length,
+        on_broken_record=args.on_broken_record,
+        on_overlong_sample=args.on_overlong_sample,
+        require_images=args.stage in (1, 2),
+    )
+    return ConvLlavaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=ConvLlavaDataCollator(pad_token_id=tokenizer.pad_token_id),
+        processing_class=processor,
+        projector_lr=training_args.projector_lr,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train one stage and save a checkpoint folder (model + processor, or a LoRA adapter) in `--output`."""
+    args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.info(
+        "Stage %d (%s): global batch %d = %d per device x %d accumulation x %d processes.",
+        args.stage, STAGE_PRESETS[args.stage].description, training_args.global_batch_size,
+        training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps, training_args.world_size,
+    )
+    trainer = build_trainer(args, training_args)
+    resume = training_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if resume and resume.lower() in ("true", "latest") else resume)
+    trainer.save_model()
+    trainer.save_state()
+
+
+if __name__ == "__main__":
+    main()
