@@ -12,6 +12,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector, L
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_conv_llava import ConvLlavaConfig
+from .quantization import LanguageModelOnlyQuantizationMixin
 from .vision_tower import ConvLlavaVisionModel
 
 ImageInput = torch.Tensor | Sequence[torch.Tensor]
@@ -55,8 +56,10 @@ def split_images(pixel_values: ImageInput, image_sizes: torch.Tensor | None) -> 
     return images
 
 
-class ConvLlavaModel(ConvLlavaPreTrainedModel, LlavaModel):
+class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedModel, LlavaModel):
     """The ConvNeXt vision tower, the projector and the language model, without a language modeling head."""
+
+    bnb_skip_modules = ("vision_tower", "multi_modal_projector")
 
     def __init__(self, config: ConvLlavaConfig):
         ConvLlavaPreTrainedModel.__init__(self, config)
@@ -135,8 +138,12 @@ class ConvLlavaModel(ConvLlavaPreTrainedModel, LlavaModel):
         return special_image_mask.unsqueeze(-1).to(inputs_embeds.device)
 
 
-class ConvLlavaForConditionalGeneration(ConvLlavaPreTrainedModel, LlavaForConditionalGeneration):
+class ConvLlavaForConditionalGeneration(
+    LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedModel, LlavaForConditionalGeneration
+):
     """ConvLLaVA with a language modeling head: `generate()` encodes the images once, at prefill."""
+
+    bnb_skip_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 
     def __init__(self, config: ConvLlavaConfig):
         ConvLlavaPreTrainedModel.__init__(self, config)

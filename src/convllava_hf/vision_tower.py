@@ -15,10 +15,17 @@ class ConvLlavaVisionModel(ConvNextModel):
     enabled on the enclosing model.
     """
 
+    # No attention layers: an attention kernel requested for the whole model is accepted here and simply unused.
+    _supports_flash_attn = True
+
     def __init__(self, config: ConvNextConfig):
         super().__init__(config)
         del self.layernorm
         self.gradient_checkpointing = False
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """A ConvNeXt has no attention, so any implementation requested for the whole model resolves to `"eager"`."""
+        return "eager"
 
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **kwargs

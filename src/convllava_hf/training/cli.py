@@ -21,7 +21,6 @@ from .trainer import PROJECTOR_MODULE_NAME, ConvLlavaTrainer
 logger = logging.getLogger(__name__)
 
 #: Kept in full precision by QLoRA: only the language model's linear layers are quantized.
-QLORA_UNQUANTIZED_MODULES = ("model.vision_tower", f"model.{PROJECTOR_MODULE_NAME}", "lm_head")
 #: Above this, a tokenizer's `model_max_length` is transformers' "no limit" placeholder.
 NO_LENGTH_LIMIT = 10**9
 
@@ -55,8 +54,7 @@ def load_model(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArgumen
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
-            llm_int8_skip_modules=list(QLORA_UNQUANTIZED_MODULES),
-        )
+        )  # the model quantizes only the language model's decoder layers by default
     model = ConvLlavaForConditionalGeneration.from_pretrained(
         args.model,
         dtype=weights_dtype(args),

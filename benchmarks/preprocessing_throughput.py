@@ -1,0 +1,150 @@
+"""
+Benchmark 3: images/s of `ConvLlavaImageProcessor` (pad mode) vs the original ConvLLaVA/LLaVA recipe
+(`expand2square` with the mean colour, then transformers' `CLIPImageProcessor`, one image at a time, then
+`torch.stack`), on the same 50 generated RGB images of mixed sizes, in the same run; outputs must be identical.
+
+A third variant, `prototype`, is the speed-up proposed for the image processor (see `prototype_pad`): it is kept
+here to measure the proposal and can go once the processor adopts it.
+
+Rounds run every variant once, in turn; throughput uses the median time over rounds, the speed-up is the median of
+per-round ratios.
+
+    python benchmarks/preprocessing_throughput.py [--resolutions 768 1536] [--rounds 3]
+"""
+
+import argparse
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from _common import RESULTS_DIR, write_json
+from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
+
+NUM_IMAGES = 50
+
+
+def generated_images(count: int = NUM_IMAGES, seed: int = 0) -> list[PIL.Image.Image]:
+    """RGB noise images with sides in [120, 2200] px: landscapes, portraits, a few squares, some below 768 px."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for index in range(count):
+        width, height = (int(side) for side in rng.integers(120, 2200, size=2))
+        if index % 10 == 0:
+            height = width
+        images.append(PIL.Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)))
+    return images
+
+
+def expand2square(image: PIL.Image.Image, background: tuple[int, ...]) -> PIL.Image.Image:
+    """The original `llava.mm_utils.expand2square`."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    result = PIL.Image.new(image.mode, (side, side), background)
+    result.paste(image, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+def original_recipe(processor: CLIPImageProcessorPil, images: list[PIL.Image.Image]) -> torch.Tensor:
+    """The original `process_images` for `image_aspect_ratio == "pad"`."""
+    background = tuple(int(x * 255) for x in processor.image_mean)
+    squares = (expand2square(image, background) for image in images)
+    return torch.stack([processor.preprocess(square, return_tensors="pt")["pixel_values"][0] for square in squares])
+
+
+def prototype_pad(images: list[PIL.Image.Image], resolution: int, mean, std, workers: int) -> torch.Tensor:
+    """
+    The proposed pad-mode fast path, bit-identical to the original: pad and resize in PIL (no full-size numpy round
+    trip), one uint8 -> float pass per image with the original op order (float64 * 1/255 -> float32, - mean, / std)
+    written straight into the preallocated batch, and images spread over a thread pool (PIL and torch release the GIL).
+    """
+    background = tuple(int(x * 255) for x in mean)
+    mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    batch = torch.empty(len(images), 3, resolution, resolution)
+
+    def one(index: int) -> None:
+        image = images[index] if images[index].mode == "RGB" else images[index].convert("RGB")
+        image = expand2square(image, background)
+        pixels = torch.from_numpy(np.array(image.resize((resolution, resolution), PIL.Image.BICUBIC)))
+        scaled = pixels.permute(2, 0, 1).double().mul_(1 / 255).float()
+        torch.sub(scaled, mean, out=batch[index]).div_(std)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(len(images))))
+    return batch
+
+
+def run(resolution: int, images: list[PIL.Image.Image], rounds: int, workers: int) -> dict:
+    ours = ConvLlavaImageProcessor(resolution=resolution, image_aspect_ratio="pad")
+    clip = CLIPImageProcessorPil(
+        size={"shortest_edge": resolution},
+        crop_size={"height": resolution, "width": resolution},
+        resample=PIL.Image.BICUBIC,
+        image_mean=ours.image_mean,
+        image_std=ours.image_std,
+    )
+    functions = {
+        "original": lambda: original_recipe(clip, images),
+        "ours": lambda: ours(images, return_tensors="pt")["pixel_values"],
+        "prototype": lambda: prototype_pad(images, resolution, ours.image_mean, ours.image_std, workers),
+    }
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    outputs = {}
+    for round_index in range(rounds + 1):  # round 0 warms up
+        for name, function in functions.items():
+            start = time.perf_counter()
+            outputs[name] = function()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+        if round_index:
+            print(f"  round {round_index}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
+    results = {}
+    for name in functions:
+        median = statistics.median(times[name])
+        results[name] = {
+            "median_s": median,
+            "runs_s": times[name],
+            "images_per_s": len(images) / median,
+            "speedup_vs_original": statistics.median(o / t for o, t in zip(times["original"], times[name])),
+            "identical_to_original": torch.equal(outputs[name], outputs["original"]),
+        }
+        print(
+            f"  {name:9s} {results[name]['images_per_s']:6.1f} images/s  x{results[name]['speedup_vs_original']:.2f}  "
+            f"identical: {results[name]['identical_to_original']}"
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[768, 1536])
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads of the prototype")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "preprocessing_throughput.json")
+    args = parser.parse_args()
+
+    images = generated_images()
+    payload = {
+        "images": {"count": len(images), "sizes_wxh": [image.size for image in images]},
+        "load_average_start": os.getloadavg(),
+        "prototype_workers": args.workers,
+        "resolutions": {},
+    }
+    for resolution in args.resolutions:
+        print(f"{resolution}x{resolution}:")
+        payload["resolutions"][str(resolution)] = run(resolution, images, args.rounds, args.workers)
+    payload["load_average_end"] = os.getloadavg()
+    write_json(payload, args.output)
+
+
+if __name__ == "__main__":
+    main()
