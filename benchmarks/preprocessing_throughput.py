@@ -3,9 +3,6 @@ Benchmark 3: images/s of `ConvLlavaImageProcessor` (pad mode) vs the original Co
 (`expand2square` with the mean colour, then transformers' `CLIPImageProcessor`, one image at a time, then
 `torch.stack`), on the same 50 generated RGB images of mixed sizes, in the same run; outputs must be identical.
 
-A third variant, `prototype`, is the speed-up proposed for the image processor (see `prototype_pad`): it is kept
-here to measure the proposal and can go once the processor adopts it.
-
 Rounds run every variant once, in turn; throughput uses the median time over rounds, the speed-up is the median of
 per-round ratios.
 
@@ -16,7 +13,6 @@ import argparse
 import os
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,30 +56,7 @@ def original_recipe(processor: CLIPImageProcessorPil, images: list[PIL.Image.Ima
     return torch.stack([processor.preprocess(square, return_tensors="pt")["pixel_values"][0] for square in squares])
 
 
-def prototype_pad(images: list[PIL.Image.Image], resolution: int, mean, std, workers: int) -> torch.Tensor:
-    """
-    The proposed pad-mode fast path, bit-identical to the original: pad and resize in PIL (no full-size numpy round
-    trip), one uint8 -> float pass per image with the original op order (float64 * 1/255 -> float32, - mean, / std)
-    written straight into the preallocated batch, and images spread over a thread pool (PIL and torch release the GIL).
-    """
-    background = tuple(int(x * 255) for x in mean)
-    mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    batch = torch.empty(len(images), 3, resolution, resolution)
-
-    def one(index: int) -> None:
-        image = images[index] if images[index].mode == "RGB" else images[index].convert("RGB")
-        image = expand2square(image, background)
-        pixels = torch.from_numpy(np.array(image.resize((resolution, resolution), PIL.Image.BICUBIC)))
-        scaled = pixels.permute(2, 0, 1).double().mul_(1 / 255).float()
-        torch.sub(scaled, mean, out=batch[index]).div_(std)
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one, range(len(images))))
-    return batch
-
-
-def run(resolution: int, images: list[PIL.Image.Image], rounds: int, workers: int) -> dict:
+def run(resolution: int, images: list[PIL.Image.Image], rounds: int) -> dict:
     ours = ConvLlavaImageProcessor(resolution=resolution, image_aspect_ratio="pad")
     clip = CLIPImageProcessorPil(
         size={"shortest_edge": resolution},
@@ -95,7 +68,6 @@ def run(resolution: int, images: list[PIL.Image.Image], rounds: int, workers: in
     functions = {
         "original": lambda: original_recipe(clip, images),
         "ours": lambda: ours(images, return_tensors="pt")["pixel_values"],
-        "prototype": lambda: prototype_pad(images, resolution, ours.image_mean, ours.image_std, workers),
     }
     times: dict[str, list[float]] = {name: [] for name in functions}
     outputs = {}
@@ -128,7 +100,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[768, 1536])
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads of the prototype")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "preprocessing_throughput.json")
     args = parser.parse_args()
 
@@ -136,12 +107,11 @@ def main() -> None:
     payload = {
         "images": {"count": len(images), "sizes_wxh": [image.size for image in images]},
         "load_average_start": os.getloadavg(),
-        "prototype_workers": args.workers,
         "resolutions": {},
     }
     for resolution in args.resolutions:
         print(f"{resolution}x{resolution}:")
-        payload["resolutions"][str(resolution)] = run(resolution, images, args.rounds, args.workers)
+        payload["resolutions"][str(resolution)] = run(resolution, images, args.rounds)
     payload["load_average_end"] = os.getloadavg()
     write_json(payload, args.output)
 

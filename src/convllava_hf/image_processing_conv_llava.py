@@ -3,12 +3,16 @@
 import io
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+import torch
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import ImageInput, SizeDict
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import ChannelDimension, ImageInput
+from transformers.utils import TensorType
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.processing_utils import ImagesKwargs
 
@@ -99,7 +103,9 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
     Inputs are PIL images, numpy arrays or torch tensors, or image files given as paths or bytes. PIL images get their
     EXIF orientation applied and 16-bit greyscale is mapped to 8 bits; every mode ends up RGB through PIL's
     `convert("RGB")`, like the original loader (an alpha channel is dropped, as there; arrays and tensors with an
-    alpha channel follow transformers' convention and are composited onto white). `size`, `crop_size` and `do_pad` follow `resolution` and `image_aspect_ratio`.
+    alpha channel follow transformers' convention and are composited onto white). `size`, `crop_size` and `do_pad` follow
+    `resolution` and `image_aspect_ratio`; images are resized by Pillow (bicubic) on uint8 data, several at once on
+    threads.
 
     Args:
         resolution (`int`, *optional*, defaults to 1536): side of the canvas, a positive multiple of 64.
@@ -160,29 +166,66 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
             return open_image(image_url_or_urls)
         return super().fetch_images(image_url_or_urls)
 
-    def process_image(self, image: ImageInput, **kwargs) -> np.ndarray:
-        """One input image as a channels-first RGB array, after the orientation, mode and size checks."""
+    def process_image(self, image: ImageInput, **kwargs) -> PIL.Image.Image:
+        """One input image as an upright RGB PIL image, after the mode and size checks."""
         if isinstance(image, PIL.Image.Image):
             _check_pixel_count(image.height, image.width)
-            image = _upright_rgb(image)
-        elif 0 in np.shape(image):
+            return _upright_rgb(image)
+        if 0 in np.shape(image):
             raise ValueError(f"Got an empty image array of shape {tuple(np.shape(image))}.")
-        array = super().process_image(image, **kwargs)
+        array = super().process_image(image, **kwargs)  # channels-first RGB
         _check_pixel_count(*array.shape[-2:])
-        return array
+        return to_pil_image(array, input_data_format=ChannelDimension.FIRST)
+
+    def _resize_to_content(
+        self, image: PIL.Image.Image, height: int, width: int, image_aspect_ratio: str, resample
+    ) -> PIL.Image.Image:
+        """The image resized to its `height` x `width` content size, in Pillow on uint8 data."""
+        if image_aspect_ratio == "pad" and image.width != image.height:
+            # the original's `expand2square`: centred on a square of the mean colour
+            side = max(image.width, image.height)
+            square = PIL.Image.new("RGB", (side, side), tuple(int(mean * 255) for mean in self.image_mean))
+            square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+            image = square
+        return image.resize((width, height), resample=resample)
 
     def _preprocess(
-        self, images: list[np.ndarray], resolution: int, image_aspect_ratio: str, return_tensors=None, **kwargs
+        self,
+        images: list[PIL.Image.Image],
+        resolution: int,
+        image_aspect_ratio: str,
+        resample,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: list[float],
+        image_std: list[float],
+        return_tensors=None,
+        **kwargs,
     ) -> BatchFeature:
-        pixel_values, image_sizes = [], []
-        for image in images:
-            height, width = self.content_size(*image.shape[-2:], resolution, image_aspect_ratio)
-            if image_aspect_ratio == "preserve":
-                kwargs.update(size=SizeDict(height=height, width=width), do_center_crop=False)
-            pixel_values += super()._preprocess([image], return_tensors=None, **kwargs)["pixel_values"]
-            image_sizes.append([height, width])
-        pixel_values = self.pad(pixel_values, pad_size=SizeDict(height=resolution, width=resolution))
-        return BatchFeature({"pixel_values": pixel_values, "image_sizes": image_sizes}, tensor_type=return_tensors)
+        image_sizes = [self.content_size(image.height, image.width, resolution, image_aspect_ratio) for image in images]
+        pixel_values = torch.zeros(len(images), 3, resolution, resolution)
+        mean = torch.tensor(image_mean if do_normalize else 0.0, dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.tensor(image_std if do_normalize else 1.0, dtype=torch.float32).reshape(-1, 1, 1)
+        scale = rescale_factor if do_rescale else 1.0
+
+        def fill(index: int) -> None:
+            height, width = image_sizes[index]
+            resized = self._resize_to_content(images[index], height, width, image_aspect_ratio, resample)
+            pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1)
+            # the original's arithmetic: uint8 -> float64 * scale -> float32, then (x - mean) / std in float32
+            scaled = pixels.double().mul_(scale).float()
+            torch.sub(scaled, mean, out=pixel_values[index, :, :height, :width]).div_(std)
+
+        if len(images) > 1:  # Pillow's resize and torch release the GIL
+            with ThreadPoolExecutor(min(len(images), os.cpu_count() or 1)) as pool:
+                list(pool.map(fill, range(len(images))))
+        elif images:
+            fill(0)
+        data = {"pixel_values": pixel_values, "image_sizes": torch.tensor(image_sizes, dtype=torch.long)}
+        if return_tensors not in ("pt", TensorType.PYTORCH):
+            data = {key: list(value.numpy()) if key == "pixel_values" else value.tolist() for key, value in data.items()}
+        return BatchFeature(data, tensor_type=return_tensors)
 
 
 __all__ = ["ConvLlavaImageProcessor"]
