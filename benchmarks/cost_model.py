@@ -98,7 +98,7 @@ def plot(rows: dict, path: Path) -> None:
         axis.text(total + 0.4, index, label, va="center", fontsize=8)
     axis.invert_yaxis()
     axis.set_xlabel("TFLOPs per image + question (prefill)")
-    axis.set_xlim(0, 1.45 * max(v + l for v, l in zip(vision, llm)))
+    axis.set_xlim(0, 1.45 * max(v + t for v, t in zip(vision, llm)))
     axis.legend(loc="center right", fontsize=8)
     axis.set_title("Time-to-first-token compute: ConvLLaVA vs ViT-based LLaVA (FlopCounterMode)", fontsize=9)
     figure.tight_layout()

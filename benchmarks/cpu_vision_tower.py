@@ -29,10 +29,10 @@ from torch import nn
 from transformers import ConvNextModel
 
 from _common import RESULTS_DIR, median_seconds, write_json
-from cost_model import vision_cost
 from convllava_hf import ConvLlavaModel
 from convllava_hf.modeling_conv_llava import ConvLlavaMultiModalProjector
 from convllava_hf.vision_tower import ConvLlavaVisionModel
+from cost_model import vision_cost
 from model_shapes import convllava_config
 
 VARIANTS = ("baseline", "ours", "channels_last", "bf16_autocast", "compile")

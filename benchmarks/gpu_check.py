@@ -99,7 +99,7 @@ def measure(
     for resolution in resolutions:
         inputs = prompt(model, config, device, resolution, question)
 
-        def generate(new_tokens: int) -> None:
+        def generate(new_tokens: int, inputs: dict = inputs) -> None:
             with torch.no_grad():
                 model.generate(
                     **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0

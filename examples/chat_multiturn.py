@@ -24,7 +24,9 @@ def default_images() -> list[PIL.Image.Image]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a converted ConvLLaVA checkpoint folder or Hub id (default: random demo model)")
+    parser.add_argument(
+        "--model", help="a converted ConvLLaVA checkpoint folder or Hub id (default: random demo model)"
+    )
     parser.add_argument("--images", nargs=3, type=Path, help="three image files")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()

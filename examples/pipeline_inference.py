@@ -1,7 +1,7 @@
 """ConvLLaVA through `pipeline("image-text-to-text")`: chat messages, plain prompts, and a batch of aspect ratios.
 
-    python examples/pipeline_inference.py --model path/to/converted-convllava
-    python examples/pipeline_inference.py            # a RANDOM demo model saved to a temporary folder
+python examples/pipeline_inference.py --model path/to/converted-convllava
+python examples/pipeline_inference.py            # a RANDOM demo model saved to a temporary folder
 """
 
 import argparse
@@ -16,7 +16,9 @@ from convllava_hf.demo import build_demo_model_and_processor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a converted ConvLLaVA checkpoint folder or Hub id (default: random demo model)")
+    parser.add_argument(
+        "--model", help="a converted ConvLLaVA checkpoint folder or Hub id (default: random demo model)"
+    )
     args = parser.parse_args()
 
     model_path = args.model
@@ -29,7 +31,12 @@ def main() -> None:
     picture = PIL.Image.open(DEMO_IMAGE).convert("RGB")
     tall_crop = picture.crop((380, 0, 620, 427))
 
-    messages = [{"role": "user", "content": [{"type": "image", "image": picture}, {"type": "text", "text": "What is in this picture?"}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": picture}, {"type": "text", "text": "What is in this picture?"}],
+        }
+    ]
     print(pipe(text=messages, max_new_tokens=24, return_full_text=False)[0]["generated_text"])
 
     prompt = "USER: <image>\nDescribe the sky. ASSISTANT:"

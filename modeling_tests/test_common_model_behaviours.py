@@ -1,10 +1,10 @@
 """Conventions every transformers model keeps (the spirit of transformers' ModelTesterMixin), checked on ConvLLaVA."""
 
 import torch
-from tiny_models import TINY_IMAGE_TOKEN_ID, TINY_TEXT, tiny_config, tiny_model
 from transformers import AutoModel, AutoModelForImageTextToText
 
 from convllava_hf import ConvLlavaModel
+from tiny_models import TINY_IMAGE_TOKEN_ID, TINY_TEXT, tiny_config, tiny_model
 
 INPUT_IDS = torch.tensor([[1, 11, 12] + [TINY_IMAGE_TOKEN_ID] * 16 + [13, 14]])
 PIXELS = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny_models import FIXTURE_DIR
 
 from convllava_hf.conversion import ConversionError, convert_checkpoint, safetensors_writer
 from convllava_hf.conversion.checkpoint_reader import load_bin
+from tiny_models import FIXTURE_DIR
 
 LLM_SHARDS = sorted((FIXTURE_DIR / "llm").glob("pytorch_model-*.bin"))
 NON_WEIGHT_FILES = [

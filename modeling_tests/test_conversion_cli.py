@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from tiny_models import FIXTURE_DIR
 
 from convllava_hf.conversion import convert_convllava
+from tiny_models import FIXTURE_DIR
 
 
 def cli(output, *extra) -> int:

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from tiny_models import FIXTURE_DIR
 
 from convllava_hf.conversion import ConversionError
 from convllava_hf.conversion.config_conversion import convert_configs, padded_vocab_size
+from tiny_models import FIXTURE_DIR
 
 LLM_CONFIG = json.loads((FIXTURE_DIR / "llm" / "config.json").read_text())
 VISION_CONFIG = json.loads((FIXTURE_DIR / "vision" / "config.json").read_text())

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_models import FIXTURE_DIR
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import convllava_hf
 from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
+from tiny_models import FIXTURE_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL_VOCAB = 800

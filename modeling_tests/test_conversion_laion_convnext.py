@@ -6,12 +6,12 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import FIXTURE_DIR
 from transformers import ConvNextConfig
 
 from convllava_hf import ConvLlavaVisionModel
 from convllava_hf.conversion import ConversionError, convert_checkpoint
 from convllava_hf.conversion.laion_convnext import convert_laion_convnext, main, map_trunk_keys
+from tiny_models import FIXTURE_DIR
 
 DEPTHS, DIMS = (1, 1, 2, 1), (16, 24, 32, 48)
 

@@ -8,13 +8,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import FIXTURE_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor
 
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
+from tiny_models import FIXTURE_DIR
 
 IMAGES = FIXTURE_DIR / "images"
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
@@ -167,7 +167,7 @@ def test_token_counts_match_processed_image_sizes():
     processor = ConvLlavaImageProcessor(resolution=256, image_aspect_ratio="preserve")
     for width, height in [(1, 1), (7, 300), (300, 7), (100, 100), (255, 97), (640, 480)]:
         image_sizes = processor(gradient_image(width, height), return_tensors="pt")["image_sizes"]
-        (content_height, content_width), = image_sizes.tolist()
+        ((content_height, content_width),) = image_sizes.tolist()
         assert processor.num_image_tokens(height, width) == (content_height // 64) * (content_width // 64)
 
 

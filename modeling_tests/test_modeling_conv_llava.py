@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from tiny_models import TINY_IMAGE_TOKEN_ID, tiny_config, tiny_model
 from transformers import AutoModelForImageTextToText, ConvNextModel
 
 from convllava_hf import ConvLlavaConfig, ConvLlavaForConditionalGeneration, ConvLlavaVisionModel
+from tiny_models import TINY_IMAGE_TOKEN_ID, tiny_config, tiny_model
 
 IMAGE_TOKENS = 16  # tiny tower, 256x256 pixels
 
@@ -38,7 +38,12 @@ def test_default_config_is_the_released_7b_model():
     config = ConvLlavaConfig()
     vision, text = config.vision_config, config.text_config
     assert (vision.depths, vision.hidden_sizes) == ([3, 3, 27, 3, 6], [192, 384, 768, 1536, 3072])
-    assert (text.model_type, text.hidden_size, text.num_hidden_layers, text.intermediate_size) == ("llama", 4096, 32, 11008)
+    assert (text.model_type, text.hidden_size, text.num_hidden_layers, text.intermediate_size) == (
+        "llama",
+        4096,
+        32,
+        11008,
+    )
     assert (config.image_resolution, config.image_seq_length, config.vision_feature_size) == (1536, 576, 3072)
     assert config.image_token_id == config.image_token_index == 32000
 
@@ -123,7 +128,9 @@ def test_generation_encodes_the_image_once_at_prefill():
     model = tiny_model()
     calls = []
     model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
-    model.generate(input_ids=prompt_ids([1, 11], [13]), pixel_values=torch.randn(1, 3, 256, 256), max_new_tokens=6, do_sample=False)
+    model.generate(
+        input_ids=prompt_ids([1, 11], [13]), pixel_values=torch.randn(1, 3, 256, 256), max_new_tokens=6, do_sample=False
+    )
     assert len(calls) == 1
 
 
@@ -134,7 +141,9 @@ def test_left_padded_batch_generation_equals_each_sample_alone():
         (prompt_ids([1, 21], [22]), torch.randn(1, 3, 256, 256)),
     ]
     alone = [
-        model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=8, do_sample=False)[0, ids.shape[1] :].tolist()
+        model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=8, do_sample=False)[
+            0, ids.shape[1] :
+        ].tolist()
         for ids, pixels in samples
     ]
     width = max(ids.shape[1] for ids, _ in samples)
@@ -154,7 +163,9 @@ def test_left_padded_batch_generation_equals_each_sample_alone():
 
 
 def test_text_only_generation_needs_no_pixels():
-    out = tiny_model().generate(input_ids=torch.tensor([[1, 5, 6, 7]]), pixel_values=None, max_new_tokens=3, do_sample=False)
+    out = tiny_model().generate(
+        input_ids=torch.tensor([[1, 5, 6, 7]]), pixel_values=None, max_new_tokens=3, do_sample=False
+    )
     assert out.shape == (1, 7)
 
 
@@ -175,11 +186,18 @@ def test_gradient_checkpointing_recomputes_both_towers_and_keeps_gradients():
             model.gradient_checkpointing_enable()
         block_calls = []
         # pre-hooks inside the blocks: the backward recompute of a checkpointed block runs them again
-        vision_block, text_block = model.model.vision_tower.encoder.stages[4].layers[0], model.model.language_model.layers[0]
+        vision_block, text_block = (
+            model.model.vision_tower.encoder.stages[4].layers[0],
+            model.model.language_model.layers[0],
+        )
         vision_block.dwconv.register_forward_pre_hook(lambda *a: block_calls.append("vision"))
         text_block.self_attn.register_forward_pre_hook(lambda *a: block_calls.append("text"))
         input_ids = prompt_ids([1, 11, 12], [13, 14, 15])
-        out = model(input_ids=input_ids, pixel_values=torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)), labels=input_ids)
+        out = model(
+            input_ids=input_ids,
+            pixel_values=torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)),
+            labels=input_ids,
+        )
         out.loss.backward()
         expected_calls = 2 if checkpointing else 1
         assert block_calls.count("vision") == block_calls.count("text") == expected_calls

@@ -2,10 +2,10 @@
 
 import PIL.Image
 import pytest
-from tiny_models import FIXTURE_DIR, tiny_model
 from transformers import pipeline
 
 from convllava_hf import ConvLlavaProcessor
+from tiny_models import FIXTURE_DIR, tiny_model
 
 LANDSCAPE = PIL.Image.open(FIXTURE_DIR / "images" / "landscape_320x200.png")
 PORTRAIT = PIL.Image.open(FIXTURE_DIR / "images" / "portrait_150x260.png")

@@ -7,7 +7,6 @@ import PIL.Image
 import pytest
 import sentencepiece
 import torch
-from conftest import FIXTURE_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sentencepiece import sentencepiece_model_pb2
@@ -15,6 +14,7 @@ from transformers import AutoProcessor, LlamaTokenizer
 
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
+from tiny_models import FIXTURE_DIR
 
 IMAGES = FIXTURE_DIR / "images"
 IMAGE_TOKEN_ID = 800

@@ -8,11 +8,11 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from bitsandbytes.nn import Linear4bit
-from test_training_stages import build_dataset, save_base_model
-from tiny_models import tiny_model
 
 from convllava_hf.training import STAGE_PRESETS, freeze_for_stage, gradient_accumulation_steps, parse_args
 from convllava_hf.training.cli import build_trainer
+from test_training_stages import build_dataset, save_base_model
+from tiny_models import tiny_model
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,12 @@ def base(tmp_path_factory) -> dict[str, Path]:
 def required(base: dict[str, Path], stage: int) -> list[str]:
     data = base["data"]
     return [
-        f"--stage={stage}", f"--model={base['model']}", f"--data={data}", f"--image-folder={data.parent / 'images'}",
-        f"--output={base['output']}", "--use_cpu",
+        f"--stage={stage}",
+        f"--model={base['model']}",
+        f"--data={data}",
+        f"--image-folder={data.parent / 'images'}",
+        f"--output={base['output']}",
+        "--use_cpu",
     ]
 
 
@@ -45,8 +49,15 @@ def test_stage_presets_fill_the_training_arguments(base, stage):
 
 def test_explicit_flags_win_over_the_preset_and_set_the_accumulation(base):
     args, training = parse_args(
-        [*required(base, 2), "--learning_rate=1e-4", "--global_batch_size=64", "--per_device_train_batch_size=8",
-         "--vision_trainable_from=4", "--gradient_checkpointing=false", "--lr_scheduler_type=linear"]
+        [
+            *required(base, 2),
+            "--learning_rate=1e-4",
+            "--global_batch_size=64",
+            "--per_device_train_batch_size=8",
+            "--vision_trainable_from=4",
+            "--gradient_checkpointing=false",
+            "--lr_scheduler_type=linear",
+        ]
     )
     assert training.learning_rate == 1e-4 and training.gradient_accumulation_steps == 8
     assert args.vision_trainable_from == 4
@@ -118,8 +129,18 @@ def test_lora_trains_adapters_at_the_lr_and_the_full_projector_at_its_own(base):
 
 def test_qlora_quantizes_only_the_language_model_and_trains(base, tmp_path):
     args, training = parse_args(
-        [*required(base, 3), "--lora", "--load_in_4bit", "--lora_r=4", "--lora_alpha=8", "--max_steps=3",
-         "--per_device_train_batch_size=2", "--global_batch_size=2", "--report_to=none", f"--output={tmp_path}"]
+        [
+            *required(base, 3),
+            "--lora",
+            "--load_in_4bit",
+            "--lora_r=4",
+            "--lora_alpha=8",
+            "--max_steps=3",
+            "--per_device_train_batch_size=2",
+            "--global_batch_size=2",
+            "--report_to=none",
+            f"--output={tmp_path}",
+        ]
     )
     trainer = build_trainer(args, training)
     modules = dict(trainer.model.named_modules())

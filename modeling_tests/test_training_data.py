@@ -6,7 +6,6 @@ import logging
 import PIL.Image
 import pytest
 import torch
-from conftest import FIXTURE_DIR
 
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from convllava_hf.training import (
@@ -18,6 +17,7 @@ from convllava_hf.training import (
     encode_conversation,
     parse_record,
 )
+from tiny_models import FIXTURE_DIR
 
 IMAGE_TOKEN_ID = 800
 EOS = 2

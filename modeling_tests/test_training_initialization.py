@@ -6,10 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURE_DIR
 from safetensors.torch import load_file
-from test_training_stages import build_dataset, losses, train
-from tiny_models import TINY_TEXT, TINY_VISION
 from transformers import AutoTokenizer, ConvNextConfig, LlamaConfig, LlamaForCausalLM
 
 from convllava_hf import ConvLlavaForConditionalGeneration
@@ -17,6 +14,8 @@ from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from convllava_hf.training import parse_args
 from convllava_hf.training.initialization import assemble_conv_llava
 from convllava_hf.vision_tower import ConvLlavaVisionModel
+from test_training_stages import build_dataset, losses, train
+from tiny_models import FIXTURE_DIR, TINY_TEXT, TINY_VISION
 
 FIXTURE_VOCAB = 800  # the fixture tokenizer; <image> becomes id 800 and the embeddings grow to 832
 

@@ -7,16 +7,15 @@ import PIL.Image
 import PIL.ImageDraw
 import pytest
 import torch
-from conftest import FIXTURE_DIR
 from peft import PeftModel
 from safetensors.torch import load_file
-from tiny_models import tiny_model
 from transformers import AutoModelForImageTextToText
 
 from convllava_hf import ConvLlavaForConditionalGeneration
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from convllava_hf.training import parse_args
 from convllava_hf.training.cli import build_trainer, main
+from tiny_models import FIXTURE_DIR, tiny_model
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 #: (width, height): landscape, portrait and square images; in "preserve" mode 2 to 16 image tokens each.
@@ -72,10 +71,23 @@ def save_base_model(folder: Path) -> Path:
 def train(stage: int, model: Path, data: Path, output: Path, *extra: str) -> None:
     main(
         [
-            f"--stage={stage}", f"--model={model}", f"--data={data}", f"--image-folder={data.parent / 'images'}",
-            f"--output={output}", f"--max_steps={STEPS}", "--per_device_train_batch_size=4", "--global_batch_size=4",
-            "--image_aspect_ratio=preserve", "--lr_scheduler_type=constant", "--logging_steps=1", "--save_strategy=no",
-            "--report_to=none", "--use_cpu", "--disable_tqdm=true", "--dataloader_num_workers=0", *extra,
+            f"--stage={stage}",
+            f"--model={model}",
+            f"--data={data}",
+            f"--image-folder={data.parent / 'images'}",
+            f"--output={output}",
+            f"--max_steps={STEPS}",
+            "--per_device_train_batch_size=4",
+            "--global_batch_size=4",
+            "--image_aspect_ratio=preserve",
+            "--lr_scheduler_type=constant",
+            "--logging_steps=1",
+            "--save_strategy=no",
+            "--report_to=none",
+            "--use_cpu",
+            "--disable_tqdm=true",
+            "--dataloader_num_workers=0",
+            *extra,
         ]
     )
 
@@ -169,10 +181,23 @@ def test_resuming_from_a_checkpoint_continues_at_its_step_and_ends_identical(wor
 
 def test_lora_stage3_saves_an_adapter_that_loads_back_onto_the_base_model(workspace, tmp_path):
     args, training_args = parse_args(
-        [f"--stage=3", f"--model={workspace['stage2']}", f"--data={workspace['data']}", f"--output={tmp_path}",
-         f"--image-folder={workspace['data'].parent / 'images'}", "--lora", "--lora_r=8", "--lora_alpha=16",
-         "--max_steps=8", "--learning_rate=2e-3", "--per_device_train_batch_size=4", "--global_batch_size=4",
-         "--use_cpu", "--report_to=none", "--disable_tqdm=true"]
+        [
+            "--stage=3",
+            f"--model={workspace['stage2']}",
+            f"--data={workspace['data']}",
+            f"--output={tmp_path}",
+            f"--image-folder={workspace['data'].parent / 'images'}",
+            "--lora",
+            "--lora_r=8",
+            "--lora_alpha=16",
+            "--max_steps=8",
+            "--learning_rate=2e-3",
+            "--per_device_train_batch_size=4",
+            "--global_batch_size=4",
+            "--use_cpu",
+            "--report_to=none",
+            "--disable_tqdm=true",
+        ]
     )
     trainer = build_trainer(args, training_args)
     trainer.train()

@@ -11,7 +11,12 @@ FIXTURE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ori
 TINY_IMAGE_TOKEN_ID = 800
 TINY_RESOLUTION = 256  # 4x4 = 16 visual tokens
 
-TINY_VISION = {"model_type": "convnext", "num_stages": 5, "depths": [1, 1, 2, 1, 1], "hidden_sizes": [16, 24, 32, 48, 64]}
+TINY_VISION = {
+    "model_type": "convnext",
+    "num_stages": 5,
+    "depths": [1, 1, 2, 1, 1],
+    "hidden_sizes": [16, 24, 32, 48, 64],
+}
 TINY_TEXT = {
     "model_type": "llama",
     "vocab_size": 832,

@@ -16,5 +16,7 @@ def register() -> None:
     AutoConfig.register(ConvLlavaConfig.model_type, ConvLlavaConfig, exist_ok=True)
     AutoModel.register(ConvLlavaConfig, ConvLlavaModel, exist_ok=True)
     AutoModelForImageTextToText.register(ConvLlavaConfig, ConvLlavaForConditionalGeneration, exist_ok=True)
-    AutoImageProcessor.register(ConvLlavaConfig, image_processor_classes={"pil": ConvLlavaImageProcessor}, exist_ok=True)
+    AutoImageProcessor.register(
+        ConvLlavaConfig, image_processor_classes={"pil": ConvLlavaImageProcessor}, exist_ok=True
+    )
     AutoProcessor.register(ConvLlavaConfig, ConvLlavaProcessor, exist_ok=True)

@@ -6,7 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, LlavaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-#: Total stride of the five-stage ConvNeXt (stem 4, then four stride-2 downsamplings): one visual token per 64x64 pixels.
+#: Total stride of the five-stage ConvNeXt (stem 4, four stride-2 downsamplings): one visual token per 64x64 pixels.
 VISION_STRIDE = 64
 
 #: The LAION CLIP ConvNeXt-Large trunk (stages 1-4) plus ConvLLaVA's trained fifth stage.
@@ -115,7 +115,10 @@ class ConvLlavaConfig(LlavaConfig):
         if self.image_resolution <= 0 or self.image_resolution % VISION_STRIDE:
             raise ValueError(f"image_resolution must be a positive multiple of 64, got {self.image_resolution}.")
         num_outputs = self.vision_config.num_stages + 1
-        if not isinstance(self.vision_feature_layer, int) or not -num_outputs <= self.vision_feature_layer < num_outputs:
+        if (
+            not isinstance(self.vision_feature_layer, int)
+            or not -num_outputs <= self.vision_feature_layer < num_outputs
+        ):
             raise ValueError(
                 f"vision_feature_layer must be one int in [{-num_outputs}, {num_outputs - 1}] (stem, then each of the "
                 f"{num_outputs - 1} ConvNeXt stages), got {self.vision_feature_layer!r}."

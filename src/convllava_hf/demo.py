@@ -25,7 +25,12 @@ def build_demo_model_and_processor(seed: int = 0) -> tuple[ConvLlavaForCondition
     processor = ConvLlavaProcessor(ConvLlavaImageProcessor(resolution=DEMO_RESOLUTION), tokenizer)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     config = ConvLlavaConfig(
-        vision_config={"model_type": "convnext", "num_stages": 5, "depths": [1, 1, 2, 1, 1], "hidden_sizes": [32, 64, 128, 256, 512]},
+        vision_config={
+            "model_type": "convnext",
+            "num_stages": 5,
+            "depths": [1, 1, 2, 1, 1],
+            "hidden_sizes": [32, 64, 128, 256, 512],
+        },
         text_config={
             "model_type": "llama",
             "vocab_size": 128,

@@ -12,9 +12,9 @@ import torch
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import to_pil_image
 from transformers.image_utils import ChannelDimension, ImageInput
-from transformers.utils import TensorType
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.processing_utils import ImagesKwargs
+from transformers.utils import TensorType
 
 from .configuration_conv_llava import VISION_STRIDE
 
@@ -103,9 +103,9 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
     Inputs are PIL images, numpy arrays or torch tensors, or image files given as paths or bytes. PIL images get their
     EXIF orientation applied and 16-bit greyscale is mapped to 8 bits; every mode ends up RGB through PIL's
     `convert("RGB")`, like the original loader (an alpha channel is dropped, as there; arrays and tensors with an
-    alpha channel follow transformers' convention and are composited onto white). `size`, `crop_size` and `do_pad` follow
-    `resolution` and `image_aspect_ratio`; images are resized by Pillow (bicubic) on uint8 data, several at once on
-    threads.
+    alpha channel follow transformers' convention and are composited onto white). `size`, `crop_size` and `do_pad`
+    follow `resolution` and `image_aspect_ratio`; images are resized by Pillow (bicubic) on uint8 data, several at
+    once on threads.
 
     Args:
         resolution (`int`, *optional*, defaults to 1536): side of the canvas, a positive multiple of 64.
@@ -224,7 +224,9 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
             fill(0)
         data = {"pixel_values": pixel_values, "image_sizes": torch.tensor(image_sizes, dtype=torch.long)}
         if return_tensors not in ("pt", TensorType.PYTORCH):
-            data = {key: list(value.numpy()) if key == "pixel_values" else value.tolist() for key, value in data.items()}
+            data = {
+                key: list(value.numpy()) if key == "pixel_values" else value.tolist() for key, value in data.items()
+            }
         return BatchFeature(data, tensor_type=return_tensors)
 
 

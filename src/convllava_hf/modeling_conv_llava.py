@@ -31,7 +31,7 @@ class ConvLlavaMultiModalProjector(LlavaMultiModalProjector):
 
 
 class ConvLlavaPreTrainedModel(LlavaPreTrainedModel):
-    """Base class of the ConvLLaVA models: LLaVA's settings (SDPA/flash/flex attention, checkpointing) for a ConvLlavaConfig."""
+    """Base class of the ConvLLaVA models: LLaVA's settings (SDPA/flash/flex attention, checkpointing)."""
 
     config: ConvLlavaConfig
 
@@ -43,7 +43,9 @@ def split_images(pixel_values: ImageInput, image_sizes: torch.Tensor | None) -> 
     """
     if isinstance(pixel_values, torch.Tensor):
         if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}.")
+            raise ValueError(
+                f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
+            )
         if image_sizes is None:
             return list(pixel_values)
         if len(image_sizes) != len(pixel_values):
@@ -97,21 +99,27 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
         if pixel_values is None:
             return None
         if vision_feature_select_strategy not in (None, "full"):
-            raise ValueError(f"ConvLLaVA only supports vision_feature_select_strategy='full', got {vision_feature_select_strategy!r}.")
+            raise ValueError(
+                f"Only vision_feature_select_strategy='full' exists, got {vision_feature_select_strategy!r}."
+            )
         images = split_images(pixel_values, image_sizes)
         stride = self.config.vision_stride
         indices_by_size = defaultdict(list)
         for index, image in enumerate(images):
             height, width = image.shape[-2:]
             if height % stride or width % stride or height == 0 or width == 0:
-                raise ValueError(f"Image {index} is {height}x{width} pixels; both sides must be positive multiples of {stride}.")
+                raise ValueError(
+                    f"Image {index} is {height}x{width} pixels; both sides must be positive multiples of {stride}."
+                )
             indices_by_size[(height, width)].append(index)
 
         vision_features: list[torch.Tensor | None] = [None] * len(images)
         for indices in indices_by_size.values():
             batch = torch.stack([images[i] for i in indices]).to(self.vision_tower.dtype)
             outputs = self.vision_tower(batch, output_hidden_states=vision_feature_layer != -1)
-            feature_map = outputs.last_hidden_state if vision_feature_layer == -1 else outputs.hidden_states[vision_feature_layer]
+            feature_map = (
+                outputs.last_hidden_state if vision_feature_layer == -1 else outputs.hidden_states[vision_feature_layer]
+            )
             for i, features in zip(indices, feature_map.flatten(2).transpose(1, 2)):
                 vision_features[i] = features
         projected = tuple(self.multi_modal_projector(features) for features in vision_features)

@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image", type=Path, default=DEMO_IMAGE, help="image file (default: a bundled demo picture)")
     parser.add_argument("--prompt", default="What is in this image?", help="question about the image")
     parser.add_argument("--model", help="converted ConvLLaVA folder or Hub id; without it a random demo model is used")
-    parser.add_argument("--load-in-4bit", action="store_true", help="quantize the language model to 4-bit (bitsandbytes)")
+    parser.add_argument(
+        "--load-in-4bit", action="store_true", help="quantize the language model to 4-bit (bitsandbytes)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--image-aspect-ratio", choices=["pad", "preserve"], help="override the processor's mode")
     return parser.parse_args(argv)
@@ -43,7 +45,9 @@ def load(model_id: str | None, load_in_4bit: bool):
         quantization = BitsAndBytesConfig(load_in_4bit=True) if load_in_4bit else None
         try:
             processor = AutoProcessor.from_pretrained(model_id)
-            model = AutoModelForImageTextToText.from_pretrained(model_id, dtype="auto", quantization_config=quantization)
+            model = AutoModelForImageTextToText.from_pretrained(
+                model_id, dtype="auto", quantization_config=quantization
+            )
             return model.eval(), processor
         except OSError as error:
             print(f"Could not load {model_id!r} ({error}).", file=sys.stderr)
@@ -71,8 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     preprocessed = time.perf_counter()
     height, width = inputs["image_sizes"][0].tolist()
     tokens = processor.image_processor.num_image_tokens(image.height, image.width)
-    print(f"image {image.width}x{image.height} -> {width}x{height} pixels -> {tokens} visual tokens "
-          f"({height // 64}x{width // 64}); prompt {inputs['input_ids'].shape[1]} tokens", file=sys.stderr)
+    print(
+        f"image {image.width}x{image.height} -> {width}x{height} pixels -> {tokens} visual tokens "
+        f"({height // 64}x{width // 64}); prompt {inputs['input_ids'].shape[1]} tokens",
+        file=sys.stderr,
+    )
 
     streamer = TimedStreamer(processor.tokenizer, skip_special_tokens=True)
     print("ASSISTANT:", end=" ", flush=True)

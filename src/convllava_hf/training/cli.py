@@ -125,8 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.set_verbosity(log_level)
     logger.info(
         "Stage %d (%s): global batch %d = %d per device x %d accumulation x %d processes.",
-        args.stage, STAGE_PRESETS[args.stage].description, training_args.global_batch_size,
-        training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps, training_args.world_size,
+        args.stage,
+        STAGE_PRESETS[args.stage].description,
+        training_args.global_batch_size,
+        training_args.per_device_train_batch_size,
+        training_args.gradient_accumulation_steps,
+        training_args.world_size,
     )
     trainer = build_trainer(args, training_args)
     resume = training_args.resume_from_checkpoint

@@ -164,8 +164,9 @@ def truncate(
     image_positions = (sample["input_ids"] == image_token_id).nonzero()
     if len(image_positions) and image_positions.max() >= max_length:
         raise OverlongSampleError(
-            record_id, f"{length} tokens with image tokens up to position {int(image_positions.max())}; truncating to "
-            f"model_max_length {max_length} would cut an image"
+            record_id,
+            f"{length} tokens with image tokens up to position {int(image_positions.max())}; truncating to "
+            f"model_max_length {max_length} would cut an image",
         )
     if (sample["labels"][:max_length] == IGNORE_INDEX).all():
         raise OverlongSampleError(
