@@ -25,9 +25,11 @@ VISION_UNUSED_KEYS = (r"layernorm\.(weight|bias)",)
 EMBEDDING_KEYS = ("model.language_model.embed_tokens.weight", "lm_head.weight")
 
 
-def _map_keys(
+def map_keys(
     names: Iterable[str], rules: tuple[tuple[str, str], ...], ignored: tuple[str, ...], source: str
 ) -> dict[str, str]:
+    """Name -> new name by the first `(pattern, replacement)` rule that matches; refuses names no rule or `ignored`
+    pattern matches, naming them."""
     mapping, unknown = {}, []
     for name in names:
         rule = next((rule for rule in rules if re.fullmatch(rule[0], name)), None)
@@ -44,9 +46,9 @@ def _map_keys(
 
 def map_llm_keys(names: Iterable[str]) -> dict[str, str]:
     """Original name -> converted name for the LLM folder's tensors; derivable buffers are left out."""
-    return _map_keys(names, LLM_KEY_RULES, LLM_DERIVED_KEYS, "LLM")
+    return map_keys(names, LLM_KEY_RULES, LLM_DERIVED_KEYS, "LLM")
 
 
 def map_vision_keys(names: Iterable[str]) -> dict[str, str]:
     """Original name -> converted name for the vision folder's tensors; the unused final LayerNorm is left out."""
-    return _map_keys(names, VISION_KEY_RULES, VISION_UNUSED_KEYS, "vision tower")
+    return map_keys(names, VISION_KEY_RULES, VISION_UNUSED_KEYS, "vision tower")

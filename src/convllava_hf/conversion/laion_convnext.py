@@ -19,6 +19,7 @@ from ..configuration_conv_llava import VISION_STRIDE
 from ..vision_tower import ConvLlavaVisionModel
 from .checkpoint_reader import CheckpointReader
 from .errors import ConversionError
+from .key_mapping import map_keys
 from .sources import resolve_source
 from .staged_output import check_output, staged_output
 
@@ -63,19 +64,9 @@ def trunk_prefix(names: Sequence[str]) -> str:
 def map_trunk_keys(names: Sequence[str]) -> dict[str, str]:
     """Checkpoint name -> vision-tower name for the trunk's tensors; refuses unknown trunk tensors by name."""
     prefix = trunk_prefix(names)
-    mapping, unknown = {}, []
-    for name in names:
-        if not name.startswith(prefix):
-            continue
-        short = name[len(prefix) :]
-        rule = next((rule for rule in TIMM_KEY_RULES if re.fullmatch(rule[0], short)), None)
-        if rule is not None:
-            mapping[name] = re.sub(f"^{rule[0]}$", rule[1], short)
-        elif not any(re.fullmatch(pattern, short) for pattern in UNUSED_TRUNK_KEYS):
-            unknown.append(name)
-    if unknown:
-        raise ConversionError(f"Unknown tensor(s) in the ConvNeXt trunk, refusing to guess: {', '.join(unknown)}.")
-    return mapping
+    trunk = [name[len(prefix) :] for name in names if name.startswith(prefix)]
+    mapping = map_keys(trunk, TIMM_KEY_RULES, UNUSED_TRUNK_KEYS, "ConvNeXt trunk")
+    return {prefix + name: target for name, target in mapping.items()}
 
 
 def trunk_shape(reader: CheckpointReader, mapping: dict[str, str]) -> tuple[list[int], list[int], int]:
