@@ -114,16 +114,26 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
             indices_by_size[(height, width)].append(index)
 
         vision_features: list[torch.Tensor | None] = [None] * len(images)
-        for indices in indices_by_size.values():
-            batch = torch.stack([images[i] for i in indices]).to(self.vision_tower.dtype)
-            outputs = self.vision_tower(batch, output_hidden_states=vision_feature_layer != -1)
+        projected: list[torch.Tensor | None] = [None] * len(images)
+        for size, indices in indices_by_size.items():
+            if (
+                isinstance(pixel_values, torch.Tensor)
+                and len(indices) == len(images)
+                and size == pixel_values.shape[-2:]
+            ):
+                batch = pixel_values  # nothing cropped: encode the batch as it is, without a copy
+            else:
+                batch = torch.stack([images[i] for i in indices])
+            outputs = self.vision_tower(
+                batch.to(self.vision_tower.dtype), output_hidden_states=vision_feature_layer != -1
+            )
             feature_map = (
                 outputs.last_hidden_state if vision_feature_layer == -1 else outputs.hidden_states[vision_feature_layer]
             )
-            for i, features in zip(indices, feature_map.flatten(2).transpose(1, 2)):
-                vision_features[i] = features
-        projected = tuple(self.multi_modal_projector(features) for features in vision_features)
-        return BaseModelOutputWithPooling(last_hidden_state=tuple(vision_features), pooler_output=projected)
+            features = feature_map.flatten(2).transpose(1, 2)
+            for i, image_features, image_projected in zip(indices, features, self.multi_modal_projector(features)):
+                vision_features[i], projected[i] = image_features, image_projected
+        return BaseModelOutputWithPooling(last_hidden_state=tuple(vision_features), pooler_output=tuple(projected))
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
