@@ -29,6 +29,7 @@ from sentencepiece import sentencepiece_model_pb2
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from _common import RESULTS_DIR, write_json  # noqa: E402
 from convllava_hf import ConvLlavaConfig  # noqa: E402
 from convllava_hf.conversion.laion_convnext import clip_preprocessor_config  # noqa: E402
 from convllava_hf.conversion.weight_plan import expected_parameters  # noqa: E402
@@ -159,6 +160,7 @@ def main() -> None:
     )
     parser.add_argument("--layers", type=int, default=32, help="LLM layers (32 = the real 7B model).")
     parser.add_argument("--keep", action="store_true", help="Keep the synthetic checkpoint and the converted folder.")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "conversion_memory.json")
     args = parser.parse_args()
 
     config = ConvLlavaConfig(
@@ -186,7 +188,7 @@ def main() -> None:
             generation_seconds=generation_seconds,
             machine={"cpus": psutil.cpu_count(), "ram_bytes": psutil.virtual_memory().total},
         )
-        print(json.dumps(result, indent=2))
+        write_json(result, args.output)
     finally:
         if not args.keep:
             shutil.rmtree(root)
