@@ -103,6 +103,17 @@ def test_mixed_size_images_give_the_same_features_as_each_image_alone():
         assert (single - cropped).abs().max() <= 1e-5
 
 
+def test_image_sizes_may_be_a_list_but_never_larger_than_the_canvas():
+    model = tiny_model()
+    pixels = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        as_list = model.get_image_features(pixel_values=pixels, image_sizes=[[128, 256]]).pooler_output
+        as_tensor = model.get_image_features(pixel_values=pixels, image_sizes=torch.tensor([[128, 256]])).pooler_output
+    torch.testing.assert_close(as_list[0], as_tensor[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exceed the pixel_values canvas"):
+        model.get_image_features(pixel_values=pixels, image_sizes=[[320, 256]])
+
+
 def test_image_side_not_multiple_of_stride_is_rejected():
     with pytest.raises(ValueError, match="multiples of 64"):
         tiny_model().get_image_features(pixel_values=torch.randn(1, 3, 100, 128))

@@ -57,6 +57,16 @@ def test_label_mask_covers_exactly_the_assistant_replies_and_their_closing_eos(p
     assert input_ids[65] == input_ids[82] == EOS
 
 
+def test_image_tokens_inside_a_reply_are_never_targets(processor):
+    conversation = [human("Show me a picture."), gpt("Here: <image>")]
+    messages = parse_record({"id": "image-reply", "image": "x.png", "conversations": conversation}, 0).messages()
+    image = PIL.Image.open(FIXTURE_DIR / "images" / "square_256x256.png")
+    sample = encode_conversation(processor, messages, [image])
+    assert (sample["input_ids"] == IMAGE_TOKEN_ID).sum() == 16
+    assert not (sample["labels"] == IMAGE_TOKEN_ID).any()
+    assert (sample["labels"] != IGNORE_INDEX).any()
+
+
 def test_text_only_record_trains_its_reply_and_has_no_pixels(processor):
     record = parse_record({"conversations": [human("Say hi."), gpt("Hi.")]}, 7)
     sample = encode_conversation(processor, record.messages())

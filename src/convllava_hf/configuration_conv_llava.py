@@ -49,11 +49,14 @@ class ConvLlavaConfig(LlavaConfig):
         image_resolution (`int`, *optional*, defaults to 1536):
             Side of the square the released models were trained on (768, 1024 or 1536); a multiple of 64.
         image_seq_length (`int`, *optional*):
-            Visual tokens of a square `image_resolution` image; derived as `(image_resolution // 64) ** 2`.
+            Visual tokens of a square `image_resolution` image; derived as `(image_resolution // vision_stride) ** 2`,
+            i.e. `(image_resolution // 64) ** 2` for the last stage.
         projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
             Activation between the two projector layers (exact erf GELU, the original's `mlp2x_gelu`).
         vision_feature_layer (`int`, *optional*, defaults to -1):
             Which ConvNeXt output feeds the projector: index into (stem, stage 1, ..., stage 5); -1 is the last stage.
+            [`ConvLlavaProcessor`] expands `<image>` for the last stage (one token per 64x64 pixels); an earlier stage
+            gives more tokens per image, so its prompts need that many image tokens.
         vision_feature_select_strategy (`str`, *optional*, defaults to `"full"`):
             Only `"full"`: a ConvNeXt has no CLS token to drop.
         multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
@@ -91,7 +94,8 @@ class ConvLlavaConfig(LlavaConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.image_seq_length is None:
-            self.image_seq_length = (self.image_resolution // VISION_STRIDE) ** 2
+            self.validate_architecture()  # the derivation needs a valid vision_feature_layer
+            self.image_seq_length = (self.image_resolution // self.vision_stride) ** 2
 
     @classmethod
     def for_resolution(cls, resolution: int, **kwargs) -> "ConvLlavaConfig":

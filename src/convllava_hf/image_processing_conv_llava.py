@@ -177,14 +177,15 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         _check_pixel_count(*array.shape[-2:])
         return to_pil_image(array, input_data_format=ChannelDimension.FIRST)
 
+    @staticmethod
     def _resize_to_content(
-        self, image: PIL.Image.Image, height: int, width: int, image_aspect_ratio: str, resample
+        image: PIL.Image.Image, height: int, width: int, image_aspect_ratio: str, resample, image_mean: list[float]
     ) -> PIL.Image.Image:
         """The image resized to its `height` x `width` content size, in Pillow on uint8 data."""
         if image_aspect_ratio == "pad" and image.width != image.height:
             # the original's `expand2square`: centred on a square of the mean colour
             side = max(image.width, image.height)
-            square = PIL.Image.new("RGB", (side, side), tuple(int(mean * 255) for mean in self.image_mean))
+            square = PIL.Image.new("RGB", (side, side), tuple(int(mean * 255) for mean in image_mean))
             square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
             image = square
         return image.resize((width, height), resample=resample)
@@ -211,7 +212,7 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
 
         def fill(index: int) -> None:
             height, width = image_sizes[index]
-            resized = self._resize_to_content(images[index], height, width, image_aspect_ratio, resample)
+            resized = self._resize_to_content(images[index], height, width, image_aspect_ratio, resample, image_mean)
             pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1)
             # the original's arithmetic: uint8 -> float64 * scale -> float32, then (x - mean) / std in float32
             scaled = pixels.double().mul_(scale).float()

@@ -36,7 +36,7 @@ class ConvLlavaPreTrainedModel(LlavaPreTrainedModel):
     config: ConvLlavaConfig
 
 
-def split_images(pixel_values: ImageInput, image_sizes: torch.Tensor | None) -> list[torch.Tensor]:
+def split_images(pixel_values: ImageInput, image_sizes: torch.Tensor | list | None) -> list[torch.Tensor]:
     """
     One `(3, h, w)` tensor per image, from a list of such tensors or from a batch `(B, 3, H, W)` whose image `i`
     fills the top-left `image_sizes[i]` (height, width) region (the rest is padding and is never encoded).
@@ -50,7 +50,11 @@ def split_images(pixel_values: ImageInput, image_sizes: torch.Tensor | None) -> 
             return list(pixel_values)
         if len(image_sizes) != len(pixel_values):
             raise ValueError(f"Got {len(image_sizes)} image_sizes for {len(pixel_values)} images in pixel_values.")
-        return [image[:, :height, :width] for image, (height, width) in zip(pixel_values, image_sizes.tolist())]
+        sizes = torch.as_tensor(image_sizes).tolist()
+        canvas_height, canvas_width = pixel_values.shape[-2:]
+        if any(height > canvas_height or width > canvas_width for height, width in sizes):
+            raise ValueError(f"image_sizes {sizes} exceed the pixel_values canvas ({canvas_height}, {canvas_width}).")
+        return [image[:, :height, :width] for image, (height, width) in zip(pixel_values, sizes)]
     images = list(pixel_values)
     for image in images:
         if not isinstance(image, torch.Tensor) or image.ndim != 3:

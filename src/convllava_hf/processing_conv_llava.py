@@ -62,8 +62,9 @@ class ConvLlavaProcessor(ProcessorMixin):
         `<image>`) with left padding, and the resolution of its vision-tower folder's `preprocessor_config.json`.
         """
         tokenizer = LlamaTokenizer.from_pretrained(llm_dir, padding_side="left")
-        crop_size = json.loads((Path(vision_dir) / "preprocessor_config.json").read_text())["crop_size"]
-        image_processor_kwargs.setdefault("resolution", crop_size["height"])
+        if "resolution" not in image_processor_kwargs:
+            crop = json.loads((Path(vision_dir) / "preprocessor_config.json").read_text())["crop_size"]
+            image_processor_kwargs["resolution"] = crop["height"] if isinstance(crop, dict) else crop
         return cls(ConvLlavaImageProcessor(**image_processor_kwargs), tokenizer)
 
     def __call__(

@@ -49,7 +49,7 @@ def load(model_id: str | None, load_in_4bit: bool):
                 model_id, dtype="auto", quantization_config=quantization
             )
             return model.eval(), processor
-        except OSError as error:
+        except (OSError, ValueError) as error:
             print(f"Could not load {model_id!r} ({error}).", file=sys.stderr)
     print(
         "*** DEMO MODE: a small ConvLLaVA with RANDOM weights, built on the fly. Its answer is gibberish; pass --model "

@@ -177,7 +177,7 @@ def convert_laion_convnext(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 for input the converter refuses)."""
-    parser = argparse.ArgumentParser(prog="convert_laion_convnext", description=__doc__)
+    parser = argparse.ArgumentParser(prog="convllava-convert-laion-convnext", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="timm / open_clip checkpoint file, folder or Hub id.")
     parser.add_argument("--output", required=True, type=Path, help="Vision-tower folder to write.")
     parser.add_argument("--resolution", type=int, default=1536, help="Training resolution (multiple of 64).")

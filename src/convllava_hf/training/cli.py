@@ -20,7 +20,6 @@ from .trainer import PROJECTOR_MODULE_NAME, ConvLlavaTrainer
 
 logger = logging.getLogger(__name__)
 
-#: Kept in full precision by QLoRA: only the language model's linear layers are quantized.
 #: Above this, a tokenizer's `model_max_length` is transformers' "no limit" placeholder.
 NO_LENGTH_LIMIT = 10**9
 

@@ -148,6 +148,7 @@ def encode_conversation(
         if input_ids[reply_end - 1] != processor.tokenizer.eos_token_id:
             raise ValueError("The chat template must close every assistant reply with the tokenizer's eos token.")
         labels[reply_start:reply_end] = input_ids[reply_start:reply_end]
+    labels[input_ids == processor.image_token_id] = IGNORE_INDEX  # an <image> inside a reply is input, not target
     sample = {"input_ids": input_ids, "labels": labels}
     if images:
         sample.update(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])

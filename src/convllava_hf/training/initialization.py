@@ -39,7 +39,11 @@ def assemble_conv_llava(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
     llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, attn_implementation=attn_implementation)
-    llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE)
+    original_rows = llm.get_input_embeddings().weight.shape[0]
+    llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE, mean_resizing=False)
+    with torch.no_grad():  # new rows = the mean row, like the converter: a new token's logit is the mean logit
+        for embedding in {llm.get_input_embeddings().weight, llm.get_output_embeddings().weight}:
+            embedding[original_rows:] = embedding[:original_rows].mean(dim=0, dtype=torch.float32)
     tower = ConvLlavaVisionModel.from_pretrained(vision_tower, dtype=dtype)
     config = ConvLlavaConfig(
         vision_config=tower.config.to_dict(),
