@@ -34,7 +34,7 @@ from convllava_hf import ConvLlavaConfig  # noqa: E402
 from convllava_hf.conversion.laion_convnext import clip_preprocessor_config  # noqa: E402
 from convllava_hf.conversion.weight_plan import expected_parameters  # noqa: E402
 
-FIXTURE_LLM = REPO_ROOT.parent / "shared" / "fixtures" / "original-tiny" / "llm"
+FIXTURE_LLM = REPO_ROOT / "modeling_tests" / "fixtures" / "original-tiny" / "llm"
 ORIGINAL_VOCAB = 32000
 ORIGINAL_SHARD_BYTES = 10_000_000_000  # transformers 4.39's default max_shard_size when the release was saved
 RESOLUTION = 1536

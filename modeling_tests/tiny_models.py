@@ -6,7 +6,7 @@ import torch
 
 from convllava_hf import ConvLlavaConfig, ConvLlavaForConditionalGeneration
 
-FIXTURE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original-tiny"
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "original-tiny"
 
 TINY_IMAGE_TOKEN_ID = 800
 TINY_RESOLUTION = 256  # 4x4 = 16 visual tokens
