@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, TextStreamer
 
-from ..demo import build_demo_model_and_processor
+from .demo import build_demo_model_and_processor
 
 DEMO_IMAGE = Path(__file__).resolve().parent / "demo_image.png"
 

@@ -2,10 +2,10 @@
 
 from transformers import LlamaTokenizer
 
-from .configuration_conv_llava import ConvLlavaConfig
-from .image_processing_conv_llava import ConvLlavaImageProcessor
-from .modeling_conv_llava import ConvLlavaForConditionalGeneration
-from .processing_conv_llava import ConvLlavaProcessor
+from ..configuration_conv_llava import ConvLlavaConfig
+from ..image_processing_conv_llava import ConvLlavaImageProcessor
+from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
+from ..processing_conv_llava import ConvLlavaProcessor
 
 DEMO_RESOLUTION = 768  # 12 x 12 = 144 visual tokens, like ConvLLaVA-768
 
