@@ -11,11 +11,10 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs, Proc
 from transformers.tokenization_utils_base import BatchEncoding, PreTrainedTokenizerBase, TextInput
 from transformers.utils import logging
 
+from .chat_template import VICUNA_V1_CHAT_TEMPLATE
 from .configuration_conv_llava import VISION_STRIDE
 from .image_processing_conv_llava import ConvLlavaImageProcessor
 
-#: Vicuna v1, the conversation format the released models were trained with.
-DEFAULT_CHAT_TEMPLATE = Path(__file__).with_name("chat_template.jinja").read_text(encoding="utf-8")
 SPIECE_UNDERLINE = "\u2581"
 
 logger = logging.get_logger(__name__)
@@ -35,7 +34,7 @@ class ConvLlavaProcessor(ProcessorMixin):
         image_processor ([`ConvLlavaImageProcessor`]): the image processor.
         tokenizer ([`PreTrainedTokenizerBase`]): a Llama tokenizer; `image_token` is added as a special token (the id
             after its vocabulary, e.g. 32000 for Vicuna) when it lacks one.
-        chat_template (`str`, *optional*): Jinja chat template; defaults to Vicuna v1 (see `chat_template.jinja`).
+        chat_template (`str`, *optional*): Jinja chat template; defaults to Vicuna v1 (`VICUNA_V1_CHAT_TEMPLATE`).
         image_token (`str`, *optional*, defaults to `"<image>"`): the image placeholder.
     """
 
@@ -51,7 +50,7 @@ class ConvLlavaProcessor(ProcessorMixin):
             logger.info(f"Added {image_token!r} to the tokenizer as id {tokenizer.convert_tokens_to_ids(image_token)}.")
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-        super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or VICUNA_V1_CHAT_TEMPLATE)
 
     @classmethod
     def from_original(

@@ -1,4 +1,6 @@
-{#- Vicuna v1, the conversation format of the original ConvLLaVA (conv_templates["v1"]: sep_style TWO, sep " ",
+"""The Vicuna v1 chat template of the released ConvLLaVA models, as a string (remote code can import it)."""
+
+VICUNA_V1_CHAT_TEMPLATE = r"""{#- Vicuna v1, the conversation format of the original ConvLLaVA (conv_templates["v1"]: sep_style TWO, sep " ",
     sep2 "</s>"): "<system> USER: <image>\n<question> ASSISTANT: <answer></s>USER: ... ASSISTANT:".
     The images of a message come first, one "<image>\n" each, then its text parts joined by spaces. -#}
 {%- set ns = namespace(system="A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.") -%}
@@ -34,3 +36,4 @@
 {%- if add_generation_prompt -%}
     {{- 'ASSISTANT:' -}}
 {%- endif -%}
+"""
