@@ -45,14 +45,14 @@ def original_exact_tokenizer(tokenizer: PreTrainedTokenizerBase, image_token: st
         )
     added = "|".join(re.escape(token["content"]) for token in backend["added_tokens"])
     steps = [{"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE}]
-    if pre_tokenizer.get("prepend_scheme") != "never":
+    if pre_tokenizer.get("prepend_scheme") != "never":  # the dummy prefix, as zero-width insertions
+        not_before_added = rf"(?!{added}|\z)"
         steps += [
-            {"type": "Prepend", "prepend": SPIECE_UNDERLINE},
-            {"type": "Replace", "pattern": {"Regex": rf"\A{SPIECE_UNDERLINE}(?={added})"}, "content": ""},
+            {"type": "Replace", "pattern": {"Regex": rf"\A{not_before_added}"}, "content": SPIECE_UNDERLINE},
             {
                 "type": "Replace",
-                "pattern": {"Regex": rf"{re.escape(image_token)}(?!{added}|\z)"},
-                "content": image_token + SPIECE_UNDERLINE,
+                "pattern": {"Regex": rf"(?<={re.escape(image_token)}){not_before_added}"},
+                "content": SPIECE_UNDERLINE,
             },
         ]
     backend["normalizer"] = {"type": "Sequence", "normalizers": steps}
