@@ -154,13 +154,17 @@ class ConvLlavaProcessor(ProcessorMixin):
         return self.image_token * ((height // VISION_STRIDE) * (width // VISION_STRIDE))
 
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]) -> None:
-        """Refuse a truncation that cut into an image's tokens, naming the text, the image and the lengths."""
+        """
+        Refuse a truncation that cut into an image's tokens, naming the text, the image and the lengths (images are
+        counted as runs of image tokens, so images written next to each other, `"<image><image>"`, count as one).
+        """
         for index, (sample, input_ids) in enumerate(zip(text, text_inputs["input_ids"])):
             input_ids = input_ids.tolist() if hasattr(input_ids, "tolist") else list(input_ids)
             expected, kept = sample.count(self.image_token), input_ids.count(self.image_token_id)
             if kept == expected:
                 continue
-            runs = [len(run) // len(self.image_token) for run in re.findall(f"(?:{re.escape(self.image_token)})+", sample)]
+            marker = re.escape(self.image_token)
+            runs = [len(run) // len(self.image_token) for run in re.findall(f"(?:{marker})+", sample)]
             keeps_start = self.tokenizer.truncation_side == "right"
             first_lost = kept if keeps_start else expected - kept - 1  # index among the text's image tokens
             image = next(i for i, end in enumerate(itertools.accumulate(runs)) if end > first_lost)
@@ -169,8 +173,8 @@ class ConvLlavaProcessor(ProcessorMixin):
             needed = positions[-1] + 1 if keeps_start else len(full_ids) - positions[0]
             raise ValueError(
                 f"Truncating text {index} to {len(input_ids)} tokens would cut into the tokens of its image {image} "
-                f"(counting from 0): the text is {len(full_ids)} tokens long, {expected} of them image tokens, and only "
-                f"{kept} of those would be kept. Use max_length >= {needed} or truncation=False."
+                f"(counting from 0): the text is {len(full_ids)} tokens long, {expected} of them image tokens, and "
+                f"only {kept} of those would be kept. Use max_length >= {needed} or truncation=False."
             )
 
     def _get_num_multimodal_tokens(self, image_sizes: list[list[int]] | None = None, **kwargs) -> MultiModalData:
