@@ -275,3 +275,22 @@ def test_image_token_is_added_after_the_vocabulary_when_the_tokenizer_lacks_it(p
     assert ConvLlavaProcessor(processor.image_processor, tokenizer).image_token_id == IMAGE_TOKEN_ID
     assert tokenizer.convert_ids_to_tokens(IMAGE_TOKEN_ID) == "<image>"
     assert tokenizer.decode([IMAGE_TOKEN_ID, 273], skip_special_tokens=True) == tokenizer.decode([273])
+
+
+def test_a_folder_saved_with_a_plain_llama_tokenizer_still_gives_the_original_ids(
+    processor, original_tokenizer, tmp_path
+):
+    """Folders written before the whole-prompt tokenizer hold Vicuna's `LlamaTokenizer` (legacy=False) plus <image>."""
+    processor.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).unlink()
+    old_tokenizer = LlamaTokenizer.from_pretrained(FIXTURE_DIR / "llm", padding_side="left")
+    old_tokenizer.add_tokens(["<image>"], special_tokens=True)
+    old_tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "LlamaTokenizer"
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    text = "USER: <image> What?</s>USER: <image>\nAnd? ASSISTANT:"
+    images = [PIL.Image.new("RGB", (8, 8))] * 2
+    expected = original_input_ids(text, original_tokenizer, [TOKENS_PER_IMAGE] * 2, IMAGE_TOKEN_ID)
+    assert loaded(images=images, text=text)["input_ids"] == [expected]
+    assert old_tokenizer(text.replace("<image>", "<image>" * 16))["input_ids"] != expected  # what it fixes
