@@ -11,6 +11,7 @@ import torch
 from huggingface_hub import HfApi
 from transformers.utils.hub import convert_file_size_to_int
 
+from ..remote_code import add_remote_code
 from .checkpoint_reader import CheckpointReader
 from .config_conversion import convert_configs
 from .errors import ConversionError
@@ -104,6 +105,7 @@ def convert_checkpoint(
         conversion.config.save_pretrained(staging)
         generation_config.save_pretrained(staging)
         processor.save_pretrained(staging)
+        add_remote_code(staging)  # the model's modules and auto_map: loads with trust_remote_code=True alone
         (staging / "README.md").write_text(card, encoding="utf-8")
     return output
 
