@@ -5,7 +5,9 @@ Run as a script, loads ConvLLaVA folders in a process where `convllava_hf` canno
 OUT_DIR/results.json and OUT_DIR/tensors.safetensors.
 """
 
+import contextlib
 import importlib.abc
+import io
 import json
 import sys
 import traceback
@@ -100,6 +102,10 @@ def main() -> None:
             results["folders"][name] = {"failure": traceback.format_exc()}
     for case in spec["load_cases"]:
         results["load_cases"][case["name"]] = run_load_case(case)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(spec["snippet"], {})  # a model card's usage snippet, as a user would paste it
+    results["snippet_output"] = printed.getvalue()
     results["loaded_convllava_hf_modules"] = sorted(m for m in sys.modules if m.partition(".")[0] == "convllava_hf")
     save_file(tensors, str(out_dir / "tensors.safetensors"))
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))

@@ -19,6 +19,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from convllava_hf import ConvLlavaConfig, ConvLlavaProcessor
 from convllava_hf.configuration_conv_llava import CONVLLAVA_CODE_VERSION
 from convllava_hf.conversion.convert_convllava import convert_checkpoint
+from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
 from convllava_hf.remote_code import main as add_remote_code_main
 from remote_code_worker import run_folder
 from tiny_models import FIXTURE_DIR, tiny_model
@@ -50,6 +51,12 @@ SPEC = {
     "question": ORIGINAL_CASE["question"],
     "max_new_tokens": len(ORIGINAL_CASE["generated_ids"]),
 }
+
+
+def card_snippet(card: str, folder: Path, index: int) -> str:
+    """The model card's `index`-th Python snippet, run on `folder` with the fixture's image."""
+    snippet = card.split("```python\n")[1 + index].split("```", 1)[0]
+    return snippet.replace(MODEL_ID_PLACEHOLDER, str(folder)).replace(IMAGE_PLACEHOLDER, SPEC["image"])
 
 
 def strip_remote_code(folder: Path) -> None:
@@ -130,7 +137,9 @@ LOAD_CASES = [
 def without_package(folders, upgraded_old_folder, tmp_path_factory) -> tuple[dict, dict]:
     """One fresh process, `convllava_hf` blocked: every check's results and tensors."""
     out = tmp_path_factory.mktemp("worker")
+    card = (folders["converted"] / "README.md").read_text()
     spec = {
+        "snippet": card_snippet(card, folders["converted"], index=1),
         **SPEC,
         "folders": {"converted": str(folders["converted"]), "saved": str(folders["saved"])}
         | {"upgraded": str(upgraded_old_folder)},
@@ -299,3 +308,12 @@ def test_add_remote_code_refuses_a_folder_that_is_not_convllava(tmp_path, capsys
     assert add_remote_code_main([str(tmp_path)]) == 2
     assert "has model_type 'llava', not 'conv_llava'" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.py"))
+
+
+def test_the_model_cards_remote_code_snippet_prints_what_its_package_snippet_prints(folders, without_package, capsys):
+    card = (folders["converted"] / "README.md").read_text()
+    assert "import convllava_hf" in card_snippet(card, folders["converted"], index=0)
+    assert "import convllava_hf" not in card_snippet(card, folders["converted"], index=1)
+    exec(card_snippet(card, folders["converted"], index=0), {})
+    assert without_package[0]["snippet_output"] == capsys.readouterr().out
+    assert without_package[0]["snippet_output"].strip()

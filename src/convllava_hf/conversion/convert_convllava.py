@@ -62,6 +62,7 @@ def convert_checkpoint(
     Convert an original ConvLLaVA checkpoint into `output` (written in a sibling temp folder and moved into place when
     complete). `llm` / `vision` are local folders or Hub ids; `vision` defaults to where the original looks (the
     LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to the stored LLM dtype.
+    The folder carries this package's module files (`auto_map`), so it also loads with `trust_remote_code=True`.
     Tensors are streamed one at a time, so memory stays far below the size of the model.
     """
     output = Path(output)
