@@ -13,6 +13,11 @@ import sys
 import traceback
 from pathlib import Path
 
+import PIL.Image
+import torch
+import transformers
+from safetensors.torch import save_file
+
 
 class BlockConvLlavaHf(importlib.abc.MetaPathFinder):
     """Makes every `import convllava_hf...` fail, whatever else on sys.path or sys.meta_path could find it."""
@@ -22,10 +27,6 @@ class BlockConvLlavaHf(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {fullname!r} (blocked)", name=fullname)
         return None
 
-import PIL.Image
-import torch
-import transformers
-from safetensors.torch import save_file
 
 AUTO_CLASSES = (
     "AutoConfig",
@@ -58,9 +59,8 @@ def run_folder(name: str, folder: str, spec: dict, tensors: dict, trust_remote_c
     inputs = processor(images=image, text=prompt, return_tensors="pt")
     with torch.inference_mode():
         tensors[f"{name}.pixel_values"] = inputs["pixel_values"].contiguous()
-        tensors[f"{name}.image_processor_pixel_values"] = loaded["AutoImageProcessor"](
-            image, return_tensors="pt"
-        )["pixel_values"].contiguous()
+        image_processor_output = loaded["AutoImageProcessor"](image, return_tensors="pt")
+        tensors[f"{name}.image_processor_pixel_values"] = image_processor_output["pixel_values"].contiguous()
         tensors[f"{name}.logits"] = model(**inputs).logits.contiguous()
         multimodal_lm, base_model = loaded["AutoModelForMultimodalLM"].eval(), loaded["AutoModel"].eval()
         tensors[f"{name}.multimodal_lm_logits"] = multimodal_lm(**inputs).logits.contiguous()

@@ -71,7 +71,9 @@ def usage_snippet(dtype: str, trust_remote_code: bool = False) -> str:
     if trust_remote_code:
         package_import, remote_code = "", ", trust_remote_code=True"
     else:
-        package_import = "\nimport convllava_hf  # registers ConvLLaVA with the Auto classes (pip install convllava-hf)\n"
+        package_import = (
+            "\nimport convllava_hf  # registers ConvLLaVA with the Auto classes (pip install convllava-hf)\n"
+        )
         remote_code = ""
     return f"""```python
 import torch
