@@ -40,9 +40,10 @@ def image_size_pairs(
     except TypeError:
         pairs = None
     if pairs is None or any(len(pair) != 2 for pair in pairs):
-        described = f"a tensor {tuple(image_sizes.shape)} of {image_sizes.dtype}" if isinstance(
-            image_sizes, torch.Tensor
-        ) else repr(image_sizes)
+        if isinstance(image_sizes, torch.Tensor):
+            described = f"a tensor {tuple(image_sizes.shape)} of {image_sizes.dtype}"
+        else:
+            described = repr(image_sizes)
         raise ValueError(f"image_sizes must be one (height, width) pair of integers per image, got {described}.")
     if len(pairs) != num_images:
         raise ValueError(f"Got {len(pairs)} image_sizes for {num_images} images in pixel_values.")
