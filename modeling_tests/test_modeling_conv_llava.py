@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, ConvNextModel
+from transformers import AutoModelForImageTextToText, ConvNextModel, LlamaForCausalLM
 
 from convllava_hf import ConvLlavaConfig, ConvLlavaForConditionalGeneration, ConvLlavaVisionModel
 from tiny_models import TINY_IMAGE_TOKEN_ID, tiny_config, tiny_model
@@ -173,11 +173,80 @@ def test_left_padded_batch_generation_equals_each_sample_alone():
     assert batched[:, width:].tolist() == alone
 
 
-def test_text_only_generation_needs_no_pixels():
-    out = tiny_model().generate(
-        input_ids=torch.tensor([[1, 5, 6, 7]]), pixel_values=None, max_new_tokens=3, do_sample=False
+def stock_llama_with_the_same_weights(model: ConvLlavaForConditionalGeneration) -> LlamaForCausalLM:
+    """transformers' own LlamaForCausalLM holding the ConvLLaVA language model and head, an independent reference."""
+    llama = LlamaForCausalLM(model.config.text_config).eval()
+    state = {f"model.{name}": tensor for name, tensor in model.model.language_model.state_dict().items()}
+    state["lm_head.weight"] = model.lm_head.weight
+    llama.load_state_dict(state, strict=True)
+    return llama
+
+
+def test_text_only_generation_equals_stock_llama_with_the_same_weights():
+    model = tiny_model()
+    input_ids = torch.tensor([[1, 5, 6, 7, 300, 41]])
+    reference = stock_llama_with_the_same_weights(model).generate(
+        input_ids=input_ids, max_new_tokens=10, do_sample=False
     )
-    assert out.shape == (1, 7)
+    out = model.generate(input_ids=input_ids, pixel_values=None, max_new_tokens=10, do_sample=False)
+    assert out.tolist() == reference.tolist()
+    assert len(set(reference[0, 6:].tolist())) > 1  # a continuation that a wrong model would not reproduce by chance
+
+
+def test_image_hidden_states_are_the_convnext_stem_and_stage_outputs():
+    model = tiny_model()
+    reference = ConvNextModel(model.model.vision_tower.config).eval()
+    reference.load_state_dict(model.model.vision_tower.state_dict(), strict=False)
+    pixels = torch.randn(2, 3, 128, 192)
+    with torch.no_grad():
+        expected = reference(pixels, output_hidden_states=True).hidden_states
+        features = model.get_image_features(pixel_values=pixels, output_hidden_states=True)
+        without = model.get_image_features(pixel_values=pixels)
+    assert len(expected) == len(features.hidden_states) == 6  # stem, then stages 1-5
+    for layer, (ours, theirs) in enumerate(zip(features.hidden_states, expected)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=f"hidden state {layer}")
+    assert without.hidden_states is None
+
+
+def test_image_hidden_states_of_mixed_sizes_are_each_image_alone_in_input_order():
+    model = tiny_model()
+    images = [torch.randn(3, 128, 256), torch.randn(3, 256, 128), torch.randn(3, 128, 256)]
+    with torch.no_grad():
+        mixed = model.get_image_features(pixel_values=images, output_hidden_states=True).hidden_states
+        alone = [model.model.vision_tower(image[None], output_hidden_states=True).hidden_states for image in images]
+    assert len(mixed) == 6
+    for layer, per_image in enumerate(mixed):
+        assert len(per_image) == len(images)
+        for index, image_map in enumerate(per_image):
+            assert (image_map - alone[index][layer][0]).abs().max() <= 1e-5, (layer, index)
+
+
+def test_forward_with_output_hidden_states_returns_the_tower_hidden_states_too():
+    model = tiny_model()
+    pixels = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        out = model(input_ids=prompt_ids([1, 5], [6]), pixel_values=pixels, output_hidden_states=True)
+        tower = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    assert len(out.hidden_states) == model.config.text_config.num_hidden_layers + 1
+    for ours, theirs in zip(out.image_outputs.hidden_states, tower, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    # by hand, 256 px through strides stem 4, stage 1 4, stage 2 8, stage 3 16, stage 4 32, stage 5 64
+    ("vision_feature_layer", "tokens"),
+    [(-1, 4 * 4), (-2, 8 * 8), (-3, 16 * 16), (2, 32 * 32), (0, 64 * 64)],
+)
+def test_image_seq_length_follows_the_stride_of_vision_feature_layer(vision_feature_layer, tokens):
+    model = tiny_model(vision_feature_layer=vision_feature_layer)
+    assert model.config.image_seq_length == tokens
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=torch.randn(1, 3, 256, 256)).pooler_output
+    assert features[0].shape[0] == tokens
+
+
+def test_released_config_with_vision_feature_layer_minus_2_has_48x48_tokens():
+    assert ConvLlavaConfig(vision_feature_layer=-2).image_seq_length == (1536 // 32) ** 2 == 2304
 
 
 def test_labels_give_shifted_cross_entropy_ignoring_minus_100():

@@ -1,7 +1,6 @@
 """ConvLLaVA: LLaVA with a hierarchical ConvNeXt vision tower that accepts any image size that is a multiple of 64."""
 
 from collections import defaultdict
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -9,13 +8,19 @@ from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector, LlavaPreTrainedModel
+from transformers.utils import torch_compilable_check
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_conv_llava import ConvLlavaConfig
+from .model_inputs import (
+    ImageInput,
+    check_finite_pixels,
+    check_token_ids,
+    split_images,
+    warn_if_longer_than_positions,
+)
 from .quantization import LanguageModelOnlyQuantizationMixin
 from .vision_tower import ConvLlavaVisionModel
-
-ImageInput = torch.Tensor | Sequence[torch.Tensor]
 
 
 class ConvLlavaMultiModalProjector(LlavaMultiModalProjector):
@@ -36,30 +41,16 @@ class ConvLlavaPreTrainedModel(LlavaPreTrainedModel):
     config: ConvLlavaConfig
 
 
-def split_images(pixel_values: ImageInput, image_sizes: torch.Tensor | list | None) -> list[torch.Tensor]:
-    """
-    One `(3, h, w)` tensor per image, from a list of such tensors or from a batch `(B, 3, H, W)` whose image `i`
-    fills the top-left `image_sizes[i]` (height, width) region (the rest is padding and is never encoded).
-    """
-    if isinstance(pixel_values, torch.Tensor):
-        if pixel_values.ndim != 4:
-            raise ValueError(
-                f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
-            )
-        if image_sizes is None:
-            return list(pixel_values)
-        if len(image_sizes) != len(pixel_values):
-            raise ValueError(f"Got {len(image_sizes)} image_sizes for {len(pixel_values)} images in pixel_values.")
-        sizes = torch.as_tensor(image_sizes).tolist()
-        canvas_height, canvas_width = pixel_values.shape[-2:]
-        if any(height > canvas_height or width > canvas_width for height, width in sizes):
-            raise ValueError(f"image_sizes {sizes} exceed the pixel_values canvas ({canvas_height}, {canvas_width}).")
-        return [image[:, :height, :width] for image, (height, width) in zip(pixel_values, sizes)]
-    images = list(pixel_values)
-    for image in images:
-        if not isinstance(image, torch.Tensor) or image.ndim != 3:
-            raise ValueError("A list of pixel_values must hold one (channels, height, width) tensor per image.")
-    return images
+def per_image_hidden_states(
+    hidden_states_by_group: list[tuple[list[int], tuple[torch.Tensor, ...]]], num_images: int
+) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """Per tower output, a tuple of each image's `(C, h, w)` map in input order, from batches of equal-size images."""
+    maps = [[None] * num_images for _ in hidden_states_by_group[0][1]]
+    for indices, group_hidden_states in hidden_states_by_group:
+        for layer_maps, layer_batch in zip(maps, group_hidden_states):
+            for index, image_map in zip(indices, layer_batch):
+                layer_maps[index] = image_map
+    return tuple(tuple(layer_maps) for layer_maps in maps)
 
 
 class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedModel, LlavaModel):
@@ -81,23 +72,31 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
         pixel_values: ImageInput,
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
-        image_sizes: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | list | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | None:
         """
         Encode images of any sizes (multiples of 64 pixels) and project them into the language model's space.
 
         Args:
-            pixel_values: a batch `(B, 3, H, W)`, or a list of `(3, h, w)` tensors of different sizes.
+            pixel_values: a batch `(B, 3, H, W)`, or a list of `(3, h, w)` tensors of different sizes. NaN or Inf
+                pixels are refused with a `ValueError`.
             vision_feature_layer: ConvNeXt output to use (index into stem, stage 1, ..., stage 5); -1 by default.
             vision_feature_select_strategy: only `"full"` (accepted for LLaVA API compatibility).
             image_sizes: `(B, 2)` (height, width) of each image's content in a padded batch; each image is cropped
-                to it before encoding, so padding never changes features.
+                to it before encoding, so padding never changes features. A tensor is read to the host once (the
+                sizes decide the shapes), which `torch.compile(fullgraph=True)` refuses: there, pass a list of ints
+                (trace-time constants) or `None` when every image fills the canvas.
+            output_hidden_states: also return the vision tower's hidden states (stem, then each stage).
 
         Returns:
             `pooler_output`: a tuple with one `(h/64 * w/64, text_hidden_size)` tensor per image, in input order, each
             identical to encoding that image alone. Images of equal size are encoded together in one batch.
             `last_hidden_state`: the same grouping, before the projector, as a tuple of `(tokens, C)` tensors.
+            `hidden_states` (with `output_hidden_states`): one entry per tower output (stem, stage 1, ..., stage 5),
+            as LLaVA returns its tower's; `hidden_states[k][i]` is image `i`'s `(C, h, w)` map. When all images have
+            one size, each entry is the tower's `(B, C, h, w)` tensor; otherwise a tuple of per-image maps.
             `None` when `pixel_values` is None (a text-only `generate(pixel_values=None)`).
         """
         if pixel_values is None:
@@ -106,6 +105,8 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
             raise ValueError(
                 f"Only vision_feature_select_strategy='full' exists, got {vision_feature_select_strategy!r}."
             )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         images = split_images(pixel_values, image_sizes)
         stride = self.config.vision_stride
         indices_by_size = defaultdict(list)
@@ -119,6 +120,7 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
 
         vision_features: list[torch.Tensor | None] = [None] * len(images)
         projected: list[torch.Tensor | None] = [None] * len(images)
+        hidden_states_by_group: list[tuple[list[int], tuple[torch.Tensor, ...] | None]] = []
         for size, indices in indices_by_size.items():
             if (
                 isinstance(pixel_values, torch.Tensor)
@@ -128,8 +130,10 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
                 batch = pixel_values  # nothing cropped: encode the batch as it is, without a copy
             else:
                 batch = torch.stack([images[i] for i in indices])
+            check_finite_pixels(batch, indices)
             outputs = self.vision_tower(
-                batch.to(self.vision_tower.dtype), output_hidden_states=vision_feature_layer != -1
+                batch.to(self.vision_tower.dtype),
+                output_hidden_states=output_hidden_states or vision_feature_layer != -1,
             )
             feature_map = (
                 outputs.last_hidden_state if vision_feature_layer == -1 else outputs.hidden_states[vision_feature_layer]
@@ -137,12 +141,25 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
             features = feature_map.flatten(2).transpose(1, 2)
             for i, image_features, image_projected in zip(indices, features, self.multi_modal_projector(features)):
                 vision_features[i], projected[i] = image_features, image_projected
-        return BaseModelOutputWithPooling(last_hidden_state=tuple(vision_features), pooler_output=tuple(projected))
+            hidden_states_by_group.append((indices, outputs.hidden_states))
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = (
+                hidden_states_by_group[0][1]  # one group, in input order: the tower's own tensors
+                if len(hidden_states_by_group) == 1
+                else per_image_hidden_states(hidden_states_by_group, len(images))
+            )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tuple(vision_features), pooler_output=tuple(projected), hidden_states=hidden_states
+        )
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
-        """Mask of the image-token positions; raises if their number differs from the number of image features."""
+        """
+        Mask of the image-token positions. Raises a `ValueError` naming both counts if the number of image tokens
+        differs from the number of image features (a `torch_compilable_check`: no host synchronisation under compile).
+        """
         if input_ids is None:
             image_embedding = self.get_input_embeddings()(
                 torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
@@ -150,14 +167,37 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
             special_image_mask = (inputs_embeds == image_embedding).all(-1)
         else:
             special_image_mask = input_ids == self.config.image_token_id
-        num_image_tokens = int(special_image_mask.sum())
+        num_image_tokens = special_image_mask.sum()
         num_image_features = image_features.shape[0]
-        if num_image_tokens != num_image_features:
-            raise ValueError(
-                f"The input has {num_image_tokens} image tokens (id {self.config.image_token_id}) but the images give "
-                f"{num_image_features} image features; the processor must expand each <image> to its image's tokens."
-            )
+        torch_compilable_check(
+            num_image_tokens == num_image_features,
+            lambda: (
+                f"The input has {int(num_image_tokens)} image tokens (id {self.config.image_token_id}) but the images "
+                f"give {num_image_features} image features; the processor must expand each <image> to its image's "
+                "tokens."
+            ),
+        )
         return special_image_mask.unsqueeze(-1).to(inputs_embeds.device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: ImageInput | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """
+        [`LlavaModel.forward`], after checking the ids: ids outside the vocabulary raise a `ValueError` that names
+        them (compilable), and an input longer than `max_position_embeddings` warns once.
+        """
+        if input_ids is not None:
+            check_token_ids(input_ids, self.get_input_embeddings().num_embeddings, self.config.image_token_id)
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens is not None:
+            warn_if_longer_than_positions(
+                tokens.shape[1], getattr(self.config.text_config, "max_position_embeddings", None)
+            )
+        return super().forward(input_ids=input_ids, pixel_values=pixel_values, inputs_embeds=inputs_embeds, **kwargs)
 
 
 class ConvLlavaForConditionalGeneration(
