@@ -32,6 +32,7 @@ MODULES = {
     "configuration_conv_llava.py",
     "modeling_conv_llava.py",
     "vision_tower.py",
+    "model_inputs.py",
     "quantization.py",
     "image_processing_conv_llava.py",
     "processing_conv_llava.py",
