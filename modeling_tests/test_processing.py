@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizer
 
+from convllava_hf.conversion.processor_building import build_processor
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from original_tokenization import (
@@ -294,3 +295,15 @@ def test_a_folder_saved_with_a_plain_llama_tokenizer_still_gives_the_original_id
     expected = original_input_ids(text, original_tokenizer, [TOKENS_PER_IMAGE] * 2, IMAGE_TOKEN_ID)
     assert loaded(images=images, text=text)["input_ids"] == [expected]
     assert old_tokenizer(text.replace("<image>", "<image>" * 16))["input_ids"] != expected  # what it fixes
+
+
+def test_converter_warns_when_the_tokenizer_cannot_reproduce_the_original_prefix(tmp_path, caplog):
+    llm = shutil.copytree(FIXTURE_DIR / "llm", tmp_path / "llm")
+    config = json.loads((llm / "tokenizer_config.json").read_text())
+    (llm / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": True}))
+    with caplog.at_level("WARNING", logger="convllava_hf.conversion.processor_building"):
+        build_processor(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", {}, IMAGE_TOKEN_ID)
+        assert not caplog.records
+        processor = build_processor(llm, FIXTURE_DIR / "vision", {}, IMAGE_TOKEN_ID)
+    assert "not a legacy-free sentencepiece Llama tokenizer" in caplog.text and str(llm) in caplog.text
+    assert processor.image_token_id == IMAGE_TOKEN_ID

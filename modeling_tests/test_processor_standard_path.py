@@ -267,3 +267,12 @@ def test_images_nested_per_text_must_match_each_texts_markers(processor):
         16,
         32,
     ]
+
+
+def test_batched_chats_with_and_without_images_give_each_original_row(processor):
+    chats = [chat_with_image("image", ROWS["case0"]), [{"role": "user", "content": ROWS["case3"]["question"]}]]
+    inputs = processor.apply_chat_template(
+        chats, tokenize=True, return_dict=True, add_generation_prompt=True, processor_kwargs={"padding": True}
+    )
+    assert inputs["input_ids"] == [left_padded(ROWS["case0"], 61), left_padded(ROWS["case3"], 61)]
+    assert inputs["image_sizes"] == [[256, 256]]
