@@ -1,0 +1,249 @@
+"""The Gradio page of `convllava-demo`: chat about images, see each image's visual tokens before sending."""
+
+import functools
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from ..image_processing_conv_llava import open_image
+from .conversation import AnswerProgress, GenerationSettings, Turn, prepare_inputs, stream_answer
+from .token_grid import draw_box, grid_preview
+
+try:
+    from ..grounding import box_to_pixels
+except ImportError:  # the grounding post-processing lands with the evaluation issue
+    box_to_pixels = None
+
+DEMO_IMAGE = Path(__file__).resolve().parents[1] / "cli" / "demo_image.png"
+RESOLUTIONS = (768, 1024, 1536)
+DEMO_BANNER = (
+    "DEMO MODE: this page runs a small ConvLLaVA with RANDOM weights, built on the fly, so its answers are gibberish. "
+    "Start it with <code>convllava-demo --model FOLDER_OR_ID</code> for real answers."
+)
+CSS = """
+#demo-banner {background: #b91c1c; color: white; padding: 10px 16px; border-radius: 8px; font-weight: 600;}
+#demo-banner code {background: rgba(255, 255, 255, 0.2); color: white;}
+#token-count {font-size: 1.05em;}
+"""
+EMPTY_PREVIEW = "Attach an image: its visual-token count and 64-pixel grid show here before you send."
+
+
+class DemoApp:
+    """The page's callbacks around one loaded model; the conversation of each browser session lives in `gr.State`."""
+
+    def __init__(self, model, processor, model_name: str | None):
+        self.model = model
+        self.processor = processor
+        self.model_name = model_name
+        self.context_length = model.config.text_config.max_position_embeddings
+        self.default_resolution = processor.image_processor.resolution
+        self.default_mode = processor.image_processor.image_aspect_ratio
+        self._stop_events: dict[str, threading.Event] = {}
+        self._grid_preview = functools.lru_cache(maxsize=128)(self._grid_preview)
+
+    # -- visual tokens, before sending ------------------------------------------------------------------------------
+
+    def _grid_preview(self, path: str, resolution: int, image_aspect_ratio: str):
+        return grid_preview(open_image(path), self.processor.image_processor, resolution, image_aspect_ratio)
+
+    def preview(self, message: dict | None, image_aspect_ratio: str, resolution: int):
+        """Gallery of each attached image with its token grid, and the token counts as text (no model run)."""
+        paths = _file_paths(message)
+        if not paths:
+            return [], EMPTY_PREVIEW
+        pictures, lines, total = [], [], 0
+        for index, path in enumerate(paths, start=1):
+            try:
+                picture, grid = self._grid_preview(path, int(resolution), image_aspect_ratio)
+            except ValueError as error:
+                lines.append(f"Image {index}: cannot be used ({error})")
+                continue
+            pictures.append((picture, f"Image {index}: {grid.cols}x{grid.rows} = {grid.tokens} visual tokens"))
+            lines.append(f"Image {index}: {grid.describe()}")
+            total += grid.tokens
+        heading = f"**{total} visual tokens** at {resolution} px in {image_aspect_ratio} mode"
+        return pictures, "\n\n".join([heading, *lines])
+
+    # -- the conversation ---------------------------------------------------------------------------------------------
+
+    def respond(
+        self,
+        message: dict | None,
+        turns: list[Turn],
+        image_aspect_ratio: str,
+        resolution: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        request: gr.Request,
+    ):
+        """Add the user's message, stream the answer into the chat, then record both in the session's state."""
+        started_at = time.perf_counter()
+        text, paths = (message or {}).get("text", "").strip(), _file_paths(message)
+        if not text:
+            raise gr.Error(
+                f"Ask a question about the {len(paths)} attached image(s)." if paths else "Type a question first."
+            )
+        settings = GenerationSettings(image_aspect_ratio, int(resolution), int(max_new_tokens), temperature, top_p)
+        conversation = [*turns, Turn("user", text, paths)]
+        try:
+            inputs = prepare_inputs(self.processor, conversation, settings, self.context_length)
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        visual_tokens = int((inputs["input_ids"] == self.processor.image_token_id).sum())
+        prompt_tokens = inputs["input_ids"].shape[1]
+
+        stop = threading.Event()
+        self._stop_events[request.session_hash] = stop
+        history = _chat_history(conversation)
+        busy = gr.MultimodalTextbox(value=None, interactive=False)
+        yield [*history, _assistant("")], turns, busy, "Reading the image(s)..."
+        progress = None
+        try:
+            for progress in stream_answer(self.model, self.processor, inputs, settings, stop, started_at):
+                stats = _stats(progress, prompt_tokens, visual_tokens)
+                yield [*history, _assistant(progress.text)], turns, busy, stats
+        finally:
+            self._stop_events.pop(request.session_hash, None)
+        answer = progress.text if progress else ""
+        conversation.append(Turn("assistant", answer))
+        chat = _chat_history(conversation) + self._grounding_box(conversation, answer, image_aspect_ratio)
+        yield chat, conversation, gr.MultimodalTextbox(value=None, interactive=True), stats
+
+    def stop(self, request: gr.Request) -> None:
+        """End this session's generation after the current token (the partial answer is kept)."""
+        event = self._stop_events.get(request.session_hash)
+        if event is not None:
+            event.set()
+
+    def clear(self, request: gr.Request):
+        self.stop(request)
+        return [], [], gr.MultimodalTextbox(value=None, interactive=True), "", [], EMPTY_PREVIEW
+
+    def _grounding_box(self, conversation: list[Turn], answer: str, image_aspect_ratio: str) -> list[dict]:
+        """The latest image with the answer's `[x1, y1, x2, y2]` box drawn on it, as a chat message (or nothing)."""
+        paths = [path for turn in conversation for path in turn.images]
+        if box_to_pixels is None or not paths:
+            return []
+        image = open_image(paths[-1])
+        box = box_to_pixels(answer, image_size=(image.height, image.width), image_aspect_ratio=image_aspect_ratio)
+        if box is None:
+            return []
+        return [{"role": "assistant", "content": gr.Image(draw_box(image, box), label="Grounding box")}]
+
+    # -- the page -----------------------------------------------------------------------------------------------------
+
+    def build(self, concurrency_limit: int = 1) -> gr.Blocks:
+        """The Blocks of the page; at most `concurrency_limit` answers are generated at once, others wait in line."""
+        resolutions = sorted({*RESOLUTIONS, self.default_resolution})
+        with gr.Blocks(title="ConvLLaVA demo") as demo:
+            if self.model_name is None:
+                gr.HTML(f"<div>{DEMO_BANNER}</div>", elem_id="demo-banner")
+            gr.Markdown(
+                f"# ConvLLaVA: {self.model_name or 'random demo model'}\n"
+                "A hierarchical ConvNeXt reads the image with a total stride of 64: one visual token per 64x64 pixel "
+                "cell, so a 1536 px image costs 576 tokens and *preserve* mode spends none on padding."
+            )
+            turns = gr.State([])
+            with gr.Row():
+                with gr.Column(scale=3):
+                    chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat")
+                    message = gr.MultimodalTextbox(
+                        file_types=["image"],
+                        file_count="multiple",
+                        placeholder="Attach one or more images and ask a question",
+                        show_label=False,
+                        stop_btn=True,
+                        elem_id="message",
+                    )
+                    with gr.Row():
+                        stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+                        clear_button = gr.Button("Clear", elem_id="clear")
+                    stats = gr.Markdown(elem_id="stats")
+                    gr.Examples([[{"text": "What is in this image?", "files": [str(DEMO_IMAGE)]}]], [message])
+                with gr.Column(scale=2):
+                    token_count = gr.Markdown(EMPTY_PREVIEW, elem_id="token-count")
+                    previews = gr.Gallery(
+                        label="What the vision tower sees: one cell = one visual token",
+                        columns=2,
+                        height=300,
+                        elem_id="token-grid",
+                    )
+                    mode = gr.Radio(["pad", "preserve"], value=self.default_mode, label="Image mode")
+                    resolution = gr.Radio(resolutions, value=self.default_resolution, label="Resolution (px)")
+                    max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label="Max new tokens")
+                    temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+
+            gr.on(
+                [message.change, mode.change, resolution.change],
+                self.preview,
+                [message, mode, resolution],
+                [previews, token_count],
+                api_name="token_preview",
+                concurrency_limit=None,
+            )
+            chat_event = message.submit(
+                self.respond,
+                [message, turns, mode, resolution, max_new_tokens, temperature, top_p],
+                [chatbot, turns, message, stats],
+                api_name="chat",
+                concurrency_limit=concurrency_limit,
+                concurrency_id="generate",
+            )
+            gr.on([stop_button.click, message.stop], self.stop, None, None, api_name="stop", queue=False)
+            clear_button.click(
+                self.clear,
+                None,
+                [chatbot, turns, message, stats, previews, token_count],
+                api_name="clear",
+                cancels=[chat_event],
+                queue=False,
+            )
+        return demo
+
+
+def _file_paths(message: dict | None) -> list[str]:
+    files = (message or {}).get("files") or []
+    return [file if isinstance(file, str) else file["path"] for file in files]
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": {"type": "text", "text": text}}
+
+
+def _chat_history(conversation: list[Turn]) -> list[dict]:
+    """The chat as Gradio shows it: images first, then the text (kept verbatim, not re-indented)."""
+    history = []
+    for turn in conversation:
+        content = [{"path": path} for path in turn.images] + [{"type": "text", "text": turn.text}]
+        history.append({"role": turn.role, "content": content})
+    return history
+
+
+def _stats(progress: AnswerProgress, prompt_tokens: int, visual_tokens: int) -> str:
+    parts = [f"prompt {prompt_tokens} tokens ({visual_tokens} visual)", f"{progress.new_tokens} new tokens"]
+    if progress.time_to_first_token is not None:
+        parts.insert(0, f"**time to first token {progress.time_to_first_token:.2f} s**")
+    if progress.tokens_per_second is not None:
+        parts.insert(1, f"**{progress.tokens_per_second:.1f} tokens/s**")
+    if progress.stopped:
+        parts.append("stopped")
+    return " · ".join(parts)
+
+
+def launch(
+    demo: gr.Blocks, host: str, port: int, max_file_size: str, max_queue: int | None = None, **kwargs
+) -> None:
+    """Serve the page (blocking) with its queue; uploads over `max_file_size` are refused by Gradio."""
+    demo.queue(max_size=max_queue).launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=max_file_size,
+        allowed_paths=[str(DEMO_IMAGE)],
+        show_error=True,
+        css=CSS,
+        **kwargs,
+    )
