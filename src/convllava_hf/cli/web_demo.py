@@ -1,4 +1,4 @@
-"""`convllava-demo`: a web page to chat with a ConvLLaVA model about images (needs `pip install "convllava-hf[demo]"`)."""
+"""`convllava-demo`: a web page to chat with ConvLLaVA about images (needs `pip install "convllava-hf[demo]"`)."""
 
 import argparse
 import sys

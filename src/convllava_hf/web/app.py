@@ -155,12 +155,11 @@ class DemoApp:
                         file_count="multiple",
                         placeholder="Attach one or more images and ask a question",
                         show_label=False,
-                        stop_btn=True,
                         elem_id="message",
                     )
                     with gr.Row():
-                        stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
-                        clear_button = gr.Button("Clear", elem_id="clear")
+                        stop_button = gr.Button("Stop", variant="stop", size="sm", elem_id="stop")
+                        clear_button = gr.Button("Clear", size="sm", elem_id="clear")
                     stats = gr.Markdown(elem_id="stats")
                     gr.Examples([[{"text": "What is in this image?", "files": [str(DEMO_IMAGE)]}]], [message])
                 with gr.Column(scale=2):
@@ -168,7 +167,8 @@ class DemoApp:
                     previews = gr.Gallery(
                         label="What the vision tower sees: one cell = one visual token",
                         columns=2,
-                        height=300,
+                        height=320,
+                        object_fit="contain",
                         elem_id="token-grid",
                     )
                     mode = gr.Radio(["pad", "preserve"], value=self.default_mode, label="Image mode")
@@ -193,7 +193,7 @@ class DemoApp:
                 concurrency_limit=concurrency_limit,
                 concurrency_id="generate",
             )
-            gr.on([stop_button.click, message.stop], self.stop, None, None, api_name="stop", queue=False)
+            stop_button.click(self.stop, None, None, api_name="stop", queue=False)
             clear_button.click(
                 self.clear,
                 None,

@@ -1,5 +1,6 @@
 """A multi-turn conversation with images, checked against the model's context, and its answer streamed."""
 
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -7,7 +8,8 @@ from dataclasses import dataclass, field
 
 import PIL.Image
 import torch
-from transformers import StoppingCriteria, TextIteratorStreamer
+from transformers import StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
 
 from ..image_processing_conv_llava import open_image
 
@@ -97,17 +99,23 @@ def prepare_inputs(processor, turns: list[Turn], settings: GenerationSettings, c
     return inputs
 
 
-class _TimedStreamer(TextIteratorStreamer):
-    """A TextIteratorStreamer that records when each new token arrives."""
+class _TokenQueue(BaseStreamer):
+    """Hands each new token id (not the prompt's) to the consuming thread, recording when it arrived."""
 
-    def __init__(self, tokenizer, timeout: float):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
+    def __init__(self):
+        self.queue: queue.Queue[list[int] | None] = queue.Queue()
         self.token_times: list[float] = []
+        self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
-        if not self.next_tokens_are_prompt:
-            self.token_times.append(time.perf_counter())
-        super().put(value)
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.token_times.append(time.perf_counter())
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(None)
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -128,11 +136,11 @@ def stream_answer(
     token_timeout: float = 600.0,
 ) -> Iterator[AnswerProgress]:
     """
-    Generate in a background thread and yield the answer as it grows; the last progress (`done`) holds the whole
-    answer decoded from the generated ids. Setting `stop`, or closing the iterator, ends generation after the current
-    token. Timings count from `started_at` (a `time.perf_counter()` value taken when the request arrived).
+    Generate in a background thread and yield the answer, decoded anew at each token; the last progress (`done`) holds
+    the answer decoded from the ids `generate` returned. Setting `stop`, or closing the iterator, ends generation after
+    the current token. Timings count from `started_at` (a `time.perf_counter()` value taken when the request arrived).
     """
-    streamer = _TimedStreamer(processor.tokenizer, timeout=token_timeout)
+    streamer = _TokenQueue()
     outcome: dict = {}
     inputs = inputs.to(model.device)
 
@@ -149,9 +157,11 @@ def stream_answer(
     worker = threading.Thread(target=generate, name="convllava-generate", daemon=True)
     worker.start()
     progress = AnswerProgress(text="")
+    new_ids: list[int] = []
     try:
-        for piece in streamer:
-            progress.text += piece
+        while (ids := streamer.queue.get(timeout=token_timeout)) is not None:
+            new_ids += ids
+            progress.text = processor.decode(new_ids, skip_special_tokens=True)
             _update_timings(progress, streamer.token_times, started_at)
             yield progress
         worker.join()
