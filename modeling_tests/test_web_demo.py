@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import PIL.Image
@@ -233,6 +233,35 @@ def test_a_second_user_waits_in_the_queue_and_gets_a_separate_conversation(serve
     assert [_text(entry) for entry in second_history[::2]] == ["Question of second"]
     history = _chat(second, _message("Again"), max_new_tokens=2)[-1][0]
     assert [_text(entry) for entry in history[::2]] == ["Question of second", "Again"]
+
+
+def test_a_grounding_answer_shows_its_box_on_the_original_image(demo_model, monkeypatch, tmp_path):
+    """The page's wiring of `post_process_grounding`, with the model's answer scripted (a random model draws none)."""
+    from convllava_hf.web import app as web_app
+    from convllava_hf.web.conversation import AnswerProgress
+    from convllava_hf.web.grounding_picture import BOX_COLOUR
+
+    answer = "It is here: [0.25, 0.375, 0.75, 0.625]"
+
+    def scripted_answer(model, processor, inputs, settings, stop, started_at):
+        yield AnswerProgress(text=answer, new_tokens=12, done=True)
+
+    monkeypatch.setattr(web_app, "stream_answer", scripted_answer)
+    image_path = tmp_path / "wide.png"
+    PIL.Image.new("RGB", (400, 200), (0, 0, 0)).save(image_path)
+    demo_app = web_app.DemoApp(*demo_model, model_name=None)
+    message = {"text": "Where is the dog?", "files": [str(image_path)]}
+    updates = demo_app.respond(message, web_app.Session(), "pad", 768, 8, 0.0, 1.0, SimpleNamespace(session_hash="a"))
+    chat, session, _, _ = list(updates)[-1]
+
+    assert [entry["role"] for entry in chat] == ["user", "assistant", "assistant"]
+    assert chat[1]["content"]["text"] == answer and session.turns[-1].text == answer and session.chat == tuple(chat)
+    with PIL.Image.open(chat[2]["content"]["path"]) as picture:
+        pixels = np.asarray(picture.convert("RGB"))
+    # pad mode: the box is relative to the 400x400 square, whose content starts 100 px down: x 100..300, y 50..150
+    assert pixels.shape == (200, 400, 3)
+    assert tuple(pixels[100, 100]) == BOX_COLOUR and tuple(pixels[50, 200]) == BOX_COLOUR
+    assert tuple(pixels[100, 200]) == (0, 0, 0) and tuple(pixels[45, 200]) == (0, 0, 0)
 
 
 def _chromium():

@@ -14,7 +14,8 @@ import torch
 from convllava_hf.cli.demo import build_demo_model_and_processor
 from convllava_hf.cli.web_demo import main as web_demo
 from convllava_hf.web.conversation import GenerationSettings, Turn, chat_messages, prepare_inputs, stream_answer
-from convllava_hf.web.token_grid import BOX_COLOUR, draw_box, grid_preview, token_grid
+from convllava_hf.web.grounding_picture import BOX_COLOUR, draw_box, grounding_picture
+from convllava_hf.web.token_grid import grid_preview, token_grid
 
 SPACE_APP = Path(__file__).resolve().parents[1] / "examples" / "space" / "app.py"
 RED = (200, 30, 30)
@@ -78,6 +79,21 @@ def test_draw_box_outlines_the_pixel_box_on_the_original_image():
     boxed = np.asarray(draw_box(PIL.Image.new("RGB", (400, 300), (0, 0, 0)), (100, 50, 300, 250)))
     assert tuple(boxed[150, 100]) == BOX_COLOUR and tuple(boxed[50, 200]) == BOX_COLOUR
     assert tuple(boxed[150, 200]) == (0, 0, 0) and tuple(boxed[20, 20]) == (0, 0, 0)
+
+
+# A 400x200 image, box [0.25, 0.375, 0.75, 0.625]: in pad mode it is relative to the 400x400 square whose content
+# starts 100 px down, so its pixels are x 100..300, y 150-100=50 .. 250-100=150; in preserve mode y 75..125.
+@pytest.mark.parametrize(("mode", "top", "bottom"), [("pad", 50, 150), ("preserve", 75, 125)])
+def test_grounding_picture_draws_the_answers_box_on_the_original_image(demo, mode, top, bottom):
+    image = PIL.Image.new("RGB", (400, 200), (0, 0, 0))
+    answer = "The dog is at [0.25, 0.375, 0.75, 0.625]."
+    pixels = np.asarray(grounding_picture(demo[1], answer, image, mode))
+    assert pixels.shape == (200, 400, 3)
+    for x, y in [(100, 100), (299, 100), (200, top), (200, bottom - 1)]:
+        assert tuple(pixels[y, x]) == BOX_COLOUR, (x, y)
+    for x, y in [(95, 100), (305, 100), (200, top - 5), (200, bottom + 5), (200, 100)]:
+        assert tuple(pixels[y, x]) == (0, 0, 0), (x, y)
+    assert grounding_picture(demo[1], "A dog on a sofa.", image, mode) is None
 
 
 def test_chat_messages_put_each_turns_images_before_its_text():

@@ -55,14 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     model, processor = load_model_and_processor(args.model, args.load_in_4bit)
     try:
-        from ..web.app import DemoApp, launch
+        from ..web.app import DemoApp
     except ImportError as error:
         raise SystemExit(f'convllava-demo needs Gradio: pip install "convllava-hf[demo]" ({error})') from error
     PIL.Image.MAX_IMAGE_PIXELS = args.max_image_pixels
     if args.model is None:
         print("*** DEMO MODE: a small ConvLLaVA with RANDOM weights; its answers are gibberish. ***", file=sys.stderr)
-    demo = DemoApp(model, processor, args.model).build(concurrency_limit=args.concurrency)
-    launch(demo, args.host, args.port, args.max_file_size)
+    DemoApp(model, processor, args.model).launch(args.host, args.port, args.max_file_size, args.concurrency)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,19 @@
 """The Gradio page of `convllava-demo`: chat about images, see each image's visual tokens before sending."""
 
 import functools
+import tempfile
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
 from ..image_processing_conv_llava import open_image
 from .conversation import AnswerProgress, GenerationSettings, Turn, prepare_inputs, stream_answer
-from .token_grid import draw_box, grid_preview
-
-try:
-    from ..grounding import box_to_pixels
-except ImportError:  # the grounding post-processing lands with the evaluation issue
-    box_to_pixels = None
+from .grounding_picture import grounding_picture
+from .token_grid import grid_preview
 
 DEMO_IMAGE = Path(__file__).resolve().parents[1] / "cli" / "demo_image.png"
 RESOLUTIONS = (768, 1024, 1536)
@@ -30,8 +29,16 @@ CSS = """
 EMPTY_PREVIEW = "Attach an image: its visual-token count and 64-pixel grid show here before you send."
 
 
+@dataclass(frozen=True)
+class Session:
+    """One browser session's conversation: the turns the model reads and the chat messages the page shows."""
+
+    turns: tuple[Turn, ...] = ()
+    chat: tuple[dict, ...] = ()
+
+
 class DemoApp:
-    """The page's callbacks around one loaded model; the conversation of each browser session lives in `gr.State`."""
+    """The page's callbacks around one loaded model; each browser session's `Session` lives in a `gr.State`."""
 
     def __init__(self, model, processor, model_name: str | None):
         self.model = model
@@ -42,6 +49,7 @@ class DemoApp:
         self.default_mode = processor.image_processor.image_aspect_ratio
         self._stop_events: dict[str, threading.Event] = {}
         self._grid_preview = functools.lru_cache(maxsize=128)(self._grid_preview)
+        self.picture_dir = Path(tempfile.mkdtemp(prefix="convllava-demo-"))  # grounding boxes drawn on images
 
     # -- visual tokens, before sending ------------------------------------------------------------------------------
 
@@ -71,7 +79,7 @@ class DemoApp:
     def respond(
         self,
         message: dict | None,
-        turns: list[Turn],
+        session: Session,
         image_aspect_ratio: str,
         resolution: int,
         max_new_tokens: int,
@@ -87,7 +95,7 @@ class DemoApp:
                 f"Ask a question about the {len(paths)} attached image(s)." if paths else "Type a question first."
             )
         settings = GenerationSettings(image_aspect_ratio, int(resolution), int(max_new_tokens), temperature, top_p)
-        conversation = [*turns, Turn("user", text, paths)]
+        conversation = [*session.turns, Turn("user", text, paths)]
         try:
             inputs = prepare_inputs(self.processor, conversation, settings, self.context_length)
         except ValueError as error:
@@ -97,20 +105,18 @@ class DemoApp:
 
         stop = threading.Event()
         self._stop_events[request.session_hash] = stop
-        history = _chat_history(conversation)
+        chat = [*session.chat, _user(text, paths)]
         busy = gr.MultimodalTextbox(value=None, interactive=False)
-        yield [*history, _assistant("")], turns, busy, "Reading the image(s)..."
-        progress = None
+        yield [*chat, _assistant("")], session, busy, "Reading the image(s)..."
         try:
             for progress in stream_answer(self.model, self.processor, inputs, settings, stop, started_at):
                 stats = _stats(progress, prompt_tokens, visual_tokens)
-                yield [*history, _assistant(progress.text)], turns, busy, stats
+                yield [*chat, _assistant(progress.text)], session, busy, stats
         finally:
             self._stop_events.pop(request.session_hash, None)
-        answer = progress.text if progress else ""
-        conversation.append(Turn("assistant", answer))
-        chat = _chat_history(conversation) + self._grounding_box(conversation, answer, image_aspect_ratio)
-        yield chat, conversation, gr.MultimodalTextbox(value=None, interactive=True), stats
+        chat += [_assistant(progress.text), *self._grounding_box(conversation, progress.text, image_aspect_ratio)]
+        session = Session((*conversation, Turn("assistant", progress.text)), tuple(chat))
+        yield chat, session, gr.MultimodalTextbox(value=None, interactive=True), stats
 
     def stop(self, request: gr.Request) -> None:
         """End this session's generation after the current token (the partial answer is kept)."""
@@ -120,18 +126,17 @@ class DemoApp:
 
     def clear(self, request: gr.Request):
         self.stop(request)
-        return [], [], gr.MultimodalTextbox(value=None, interactive=True), "", [], EMPTY_PREVIEW
+        return [], Session(), gr.MultimodalTextbox(value=None, interactive=True), "", [], EMPTY_PREVIEW
 
     def _grounding_box(self, conversation: list[Turn], answer: str, image_aspect_ratio: str) -> list[dict]:
         """The latest image with the answer's `[x1, y1, x2, y2]` box drawn on it, as a chat message (or nothing)."""
         paths = [path for turn in conversation for path in turn.images]
-        if box_to_pixels is None or not paths:
+        picture = paths and grounding_picture(self.processor, answer, open_image(paths[-1]), image_aspect_ratio)
+        if not picture:
             return []
-        image = open_image(paths[-1])
-        box = box_to_pixels(answer, image_size=(image.height, image.width), image_aspect_ratio=image_aspect_ratio)
-        if box is None:
-            return []
-        return [{"role": "assistant", "content": gr.Image(draw_box(image, box), label="Grounding box")}]
+        path = self.picture_dir / f"{uuid.uuid4().hex}.png"
+        picture.save(path)
+        return [{"role": "assistant", "content": {"path": str(path), "alt_text": "the answer's box on the image"}}]
 
     # -- the page -----------------------------------------------------------------------------------------------------
 
@@ -146,7 +151,7 @@ class DemoApp:
                 "A hierarchical ConvNeXt reads the image with a total stride of 64: one visual token per 64x64 pixel "
                 "cell, so a 1536 px image costs 576 tokens and *preserve* mode spends none on padding."
             )
-            turns = gr.State([])
+            session = gr.State(Session())
             with gr.Row():
                 with gr.Column(scale=3):
                     chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat")
@@ -187,8 +192,8 @@ class DemoApp:
             )
             chat_event = message.submit(
                 self.respond,
-                [message, turns, mode, resolution, max_new_tokens, temperature, top_p],
-                [chatbot, turns, message, stats],
+                [message, session, mode, resolution, max_new_tokens, temperature, top_p],
+                [chatbot, session, message, stats],
                 api_name="chat",
                 concurrency_limit=concurrency_limit,
                 concurrency_id="generate",
@@ -197,12 +202,23 @@ class DemoApp:
             clear_button.click(
                 self.clear,
                 None,
-                [chatbot, turns, message, stats, previews, token_count],
+                [chatbot, session, message, stats, previews, token_count],
                 api_name="clear",
                 cancels=[chat_event],
                 queue=False,
             )
         return demo
+
+    def launch(self, host: str, port: int, max_file_size: str, concurrency_limit: int = 1) -> None:
+        """Serve the page (blocking) with its queue; uploads over `max_file_size` are refused by Gradio."""
+        self.build(concurrency_limit).queue().launch(
+            server_name=host,
+            server_port=port,
+            max_file_size=max_file_size,
+            allowed_paths=[str(DEMO_IMAGE), str(self.picture_dir)],
+            show_error=True,
+            css=CSS,
+        )
 
 
 def _file_paths(message: dict | None) -> list[str]:
@@ -214,13 +230,9 @@ def _assistant(text: str) -> dict:
     return {"role": "assistant", "content": {"type": "text", "text": text}}
 
 
-def _chat_history(conversation: list[Turn]) -> list[dict]:
-    """The chat as Gradio shows it: images first, then the text (kept verbatim, not re-indented)."""
-    history = []
-    for turn in conversation:
-        content = [{"path": path} for path in turn.images] + [{"type": "text", "text": turn.text}]
-        history.append({"role": turn.role, "content": content})
-    return history
+def _user(text: str, paths: list[str]) -> dict:
+    """A user message as Gradio shows it: the images, then the text (kept verbatim, not re-indented)."""
+    return {"role": "user", "content": [*({"path": path} for path in paths), {"type": "text", "text": text}]}
 
 
 def _stats(progress: AnswerProgress, prompt_tokens: int, visual_tokens: int) -> str:
@@ -232,18 +244,3 @@ def _stats(progress: AnswerProgress, prompt_tokens: int, visual_tokens: int) -> 
     if progress.stopped:
         parts.append("stopped")
     return " · ".join(parts)
-
-
-def launch(
-    demo: gr.Blocks, host: str, port: int, max_file_size: str, max_queue: int | None = None, **kwargs
-) -> None:
-    """Serve the page (blocking) with its queue; uploads over `max_file_size` are refused by Gradio."""
-    demo.queue(max_size=max_queue).launch(
-        server_name=host,
-        server_port=port,
-        max_file_size=max_file_size,
-        allowed_paths=[str(DEMO_IMAGE)],
-        show_error=True,
-        css=CSS,
-        **kwargs,
-    )

@@ -11,7 +11,6 @@ from ..image_processing_conv_llava import ConvLlavaImageProcessor
 
 PREVIEW_SIDE = 512  # longest side of a preview picture, in pixels
 GRID_COLOUR = (255, 255, 255, 150)
-BOX_COLOUR = (255, 40, 40)
 
 
 @dataclass(frozen=True)
@@ -72,11 +71,3 @@ def grid_preview(
         y = min(round(row * VISION_STRIDE * scale), preview.height - 1)
         draw.line([(0, y), (preview.width - 1, y)], fill=GRID_COLOUR, width=1)
     return PIL.Image.alpha_composite(preview, overlay).convert("RGB"), grid
-
-
-def draw_box(image: PIL.Image.Image, box: tuple[float, float, float, float]) -> PIL.Image.Image:
-    """A copy of the upright image with the pixel box `(x1, y1, x2, y2)` drawn on it."""
-    image = upright(image).copy()
-    line_width = max(2, round(max(image.size) / 200))
-    PIL.ImageDraw.Draw(image).rectangle(box, outline=BOX_COLOUR, width=line_width)
-    return image
