@@ -22,9 +22,11 @@ DEMO_BANNER = (
     "Start it with <code>convllava-demo --model FOLDER_OR_ID</code> for real answers."
 )
 CSS = """
-#demo-banner {background: #b91c1c; color: white; padding: 10px 16px; border-radius: 8px; font-weight: 600;}
-#demo-banner code {background: rgba(255, 255, 255, 0.2); color: white;}
+#demo-banner {background: #b91c1c; padding: 10px 16px; border-radius: 8px; font-weight: 600;}
+#demo-banner, #demo-banner * {color: white !important;}
+#demo-banner code {background: rgba(255, 255, 255, 0.2);}
 #token-count {font-size: 1.05em;}
+#chat img {max-height: 240px; width: auto; object-fit: contain;}
 """
 EMPTY_PREVIEW = "Attach an image: its visual-token count and 64-pixel grid show here before you send."
 
@@ -73,6 +75,13 @@ class DemoApp:
             total += grid.tokens
         heading = f"**{total} visual tokens** at {resolution} px in {image_aspect_ratio} mode"
         return pictures, "\n\n".join([heading, *lines])
+
+    def update_preview(self, message: dict | None, image_aspect_ratio: str, resolution: int, shown: tuple | None):
+        """`preview`, unless only the message's text changed since the one shown (`shown` is kept per session)."""
+        key = (tuple(_file_paths(message)), image_aspect_ratio, int(resolution))
+        if key == shown:
+            return gr.skip(), gr.skip(), shown
+        return (*self.preview(message, image_aspect_ratio, resolution), key)
 
     # -- the conversation ---------------------------------------------------------------------------------------------
 
@@ -182,13 +191,15 @@ class DemoApp:
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
 
+            shown_preview = gr.State(None)
             gr.on(
                 [message.change, mode.change, resolution.change],
-                self.preview,
-                [message, mode, resolution],
-                [previews, token_count],
+                self.update_preview,
+                [message, mode, resolution, shown_preview],
+                [previews, token_count, shown_preview],
                 api_name="token_preview",
                 concurrency_limit=None,
+                show_progress="minimal",
             )
             chat_event = message.submit(
                 self.respond,
