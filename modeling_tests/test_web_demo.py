@@ -130,7 +130,7 @@ def _greedy_answer(demo_model, messages: list[dict], image_path: str, max_new_to
     return processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def test_a_two_turn_exchange_streams_the_answers_of_greedy_generate(server, images, demo_model):
+def test_a_two_turn_exchange_streams_the_answers_of_greedy_generate_and_clear_starts_over(server, images, demo_model):
     client = Client(server[0], verbose=False)
     question = "What is in this image?"
     updates = _chat(client, _message(question, images["photo"]))
@@ -157,6 +157,10 @@ def test_a_two_turn_exchange_streams_the_answers_of_greedy_generate(server, imag
         images["photo"], 16,
     )
     assert [_text(entry) for entry in history[1:]] == [first_answer, follow_up, second_answer]
+
+    assert client.predict(api_name="/clear")[0] == []
+    history = _chat(client, _message(question, images["photo"]))[-1][0]
+    assert [_text(entry) for entry in history] == [question, first_answer]  # the model no longer sees the old turns
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("pad", "24x24 = 576"), ("preserve", "24x8 = 192")])
@@ -289,7 +293,7 @@ def test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token
         wait = WebDriverWait(browser, 60)
         banner = wait.until(lambda page: page.find_element(By.ID, "demo-banner"))
         assert banner.is_displayed() and "RANDOM weights" in banner.text
-        upload = browser.find_element(By.CSS_SELECTOR, "#message button.upload-button")
+        upload = wait.until(lambda page: page.find_element(By.CSS_SELECTOR, "#message button.upload-button"))
         assert upload.is_displayed()
         browser.find_element(By.CSS_SELECTOR, "#message input[type=file]").send_keys(images["wide"])
         counts = wait.until(lambda page: page.find_element(By.ID, "token-count") if "144 visual tokens at 768 px"
