@@ -268,6 +268,31 @@ def test_a_grounding_answer_shows_its_box_on_the_original_image(demo_model, monk
     assert tuple(pixels[100, 200]) == (0, 0, 0) and tuple(pixels[45, 200]) == (0, 0, 0)
 
 
+def test_a_failed_generation_gives_the_message_back_and_keeps_the_conversation(demo_model, monkeypatch):
+    import gradio as gr
+
+    from convllava_hf.web import app as web_app
+    from convllava_hf.web.conversation import AnswerProgress
+
+    def failing_answer(model, processor, inputs, settings, stop, started_at):
+        yield AnswerProgress(text="Partial")
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(web_app, "stream_answer", failing_answer)
+    demo_app = web_app.DemoApp(*demo_model, model_name=None)
+    earlier = web_app.Session(turns=(web_app.Turn("user", "Hi"), web_app.Turn("assistant", "Hello")),
+                              chat=({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}))
+    message = {"text": "And now?", "files": []}
+    updates = demo_app.respond(message, earlier, "pad", 768, 8, 0.0, 1.0, SimpleNamespace(session_hash="b"))
+    seen = []
+    with pytest.raises(gr.Error, match="Generation failed: RuntimeError: CUDA out of memory"):
+        for update in updates:
+            seen.append(update)
+    chat, session, message_box, stats = seen[-1]
+    assert session is earlier and chat == list(earlier.chat) and stats.startswith("Generation failed")
+    assert message_box.value == message and message_box.interactive
+
+
 def _chromium():
     """A headless Chromium driven by Selenium, or a skip naming what is missing."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium is not installed")

@@ -116,16 +116,21 @@ class DemoApp:
         self._stop_events[request.session_hash] = stop
         chat = [*session.chat, _user(text, paths)]
         busy = gr.MultimodalTextbox(value=None, interactive=False)
-        yield [*chat, _assistant("")], session, busy, "Reading the image(s)..."
+        yield [*chat, _assistant("")], session, busy, "Generating..."
+        ready = gr.MultimodalTextbox(value=None, interactive=True)
         try:
             for progress in stream_answer(self.model, self.processor, inputs, settings, stop, started_at):
                 stats = _stats(progress, prompt_tokens, visual_tokens)
                 yield [*chat, _assistant(progress.text)], session, busy, stats
+        except Exception as error:  # e.g. out of memory: the page and the session stay usable
+            failure = f"Generation failed: {type(error).__name__}: {error}"
+            yield list(session.chat), session, gr.MultimodalTextbox(value=message, interactive=True), failure
+            raise gr.Error(failure) from error
         finally:
             self._stop_events.pop(request.session_hash, None)
         chat += [_assistant(progress.text), *self._grounding_box(conversation, progress.text, image_aspect_ratio)]
         session = Session((*conversation, Turn("assistant", progress.text)), tuple(chat))
-        yield chat, session, gr.MultimodalTextbox(value=None, interactive=True), stats
+        yield chat, session, ready, stats
 
     def stop(self, request: gr.Request) -> None:
         """End this session's generation after the current token (the partial answer is kept)."""
@@ -152,7 +157,7 @@ class DemoApp:
     def build(self, concurrency_limit: int = 1) -> gr.Blocks:
         """The Blocks of the page; at most `concurrency_limit` answers are generated at once, others wait in line."""
         resolutions = sorted({*RESOLUTIONS, self.default_resolution})
-        with gr.Blocks(title="ConvLLaVA demo") as demo:
+        with gr.Blocks(title="ConvLLaVA demo", analytics_enabled=False) as demo:
             if self.model_name is None:
                 gr.HTML(f"<div>{DEMO_BANNER}</div>", elem_id="demo-banner")
             gr.Markdown(
