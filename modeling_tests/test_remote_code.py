@@ -38,6 +38,7 @@ MODULES = {
     "image_processing_conv_llava.py",
     "processing_conv_llava.py",
     "chat_template.py",
+    "grounding.py",
 }
 MODEL_MAP = {
     "AutoConfig": "configuration_conv_llava.ConvLlavaConfig",

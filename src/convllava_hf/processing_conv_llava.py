@@ -207,5 +207,28 @@ class ConvLlavaProcessor(ProcessorMixin):
         ]
         return MultiModalData(num_image_tokens=num_image_tokens, num_image_patches=[1] * len(image_sizes))
 
+    def post_process_grounding(
+        self,
+        texts: list[str],
+        image_sizes: list[tuple[int, int]],
+        image_aspect_ratio: str | None = None,
+        clip: bool = True,
+    ) -> list[tuple[float, float, float, float] | None]:
+        """
+        Pixel corners `(x1, y1, x2, y2)` in each ORIGINAL image of the `[x1, y1, x2, y2]` box in each answer (the
+        padding of `"pad"` mode undone); `None` for an answer without a valid box. See [`convllava_hf.grounding`].
+
+        Args:
+            texts (`list[str]`): the decoded answers.
+            image_sizes (`list[tuple[int, int]]`): each original image's `(height, width)` (not the processor's
+                `image_sizes` output, which is the resized content).
+            image_aspect_ratio (`str`, *optional*): `"pad"` or `"preserve"`; defaults to the image processor's.
+            clip (`bool`, *optional*, defaults to `True`): clip the corners to the image.
+        """
+        from .grounding import post_process_grounding
+
+        mode = image_aspect_ratio or self.image_processor.image_aspect_ratio
+        return post_process_grounding(texts, image_sizes, mode, clip)
+
 
 __all__ = ["ConvLlavaProcessor", "original_exact_tokenizer"]

@@ -1,0 +1,1 @@
+"""The `convllava-demo` web app: a Gradio chat page (gradio is imported only by `app`)."""

@@ -1,0 +1,186 @@
+"""A multi-turn conversation with images, checked against the model's context, and its answer streamed."""
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import PIL.Image
+import torch
+from transformers import StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
+
+from ..image_processing_conv_llava import open_image
+
+
+@dataclass
+class Turn:
+    """One message: the user's images (file paths, shown before the text) and text, or the assistant's answer."""
+
+    role: str
+    text: str
+    images: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The page's controls. `temperature` 0 means greedy decoding (and `top_p` is then unused)."""
+
+    image_aspect_ratio: str
+    resolution: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+    def generate_kwargs(self) -> dict:
+        sampling = {"do_sample": False}
+        if self.temperature > 0:
+            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        return {"max_new_tokens": self.max_new_tokens, **sampling}
+
+
+@dataclass
+class AnswerProgress:
+    """The answer so far and its timings (seconds; `None` until known)."""
+
+    text: str
+    new_tokens: int = 0
+    time_to_first_token: float | None = None
+    tokens_per_second: float | None = None
+    stopped: bool = False
+    done: bool = False
+
+
+def chat_messages(turns: list[Turn]) -> list[dict]:
+    """The conversation in transformers' chat format, each user turn's images before its text."""
+    messages = []
+    for turn in turns:
+        content = [{"type": "image"} for _ in turn.images]
+        messages.append({"role": turn.role, "content": [*content, {"type": "text", "text": turn.text}]})
+    return messages
+
+
+def open_images(paths: list[str]) -> list[PIL.Image.Image]:
+    """Decode image files, raising `ValueError` that names the unreadable or oversized one."""
+    images = []
+    for index, path in enumerate(paths, start=1):
+        try:
+            images.append(open_image(path))
+        except ValueError as error:
+            raise ValueError(f"Image {index} cannot be used: {error}") from error
+    return images
+
+
+def prepare_inputs(processor, turns: list[Turn], settings: GenerationSettings, context_length: int):
+    """
+    The model inputs of a conversation ending with a user turn. Raises `ValueError` when an image cannot be read
+    or when the prompt leaves no room in `context_length` tokens for `max_new_tokens` new ones.
+    """
+    paths = [path for turn in turns for path in turn.images]
+    images = open_images(paths)
+    prompt = processor.apply_chat_template(chat_messages(turns), add_generation_prompt=True)
+    inputs = processor(
+        images=images or None,
+        text=prompt,
+        return_tensors="pt",
+        resolution=settings.resolution,
+        image_aspect_ratio=settings.image_aspect_ratio,
+    )
+    prompt_length = inputs["input_ids"].shape[1]
+    if prompt_length + settings.max_new_tokens > context_length:
+        visual = int((inputs["input_ids"] == processor.image_token_id).sum())
+        raise ValueError(
+            f"Too much for the model: {len(images)} image(s) take {visual} visual tokens at {settings.resolution} px "
+            f"in {settings.image_aspect_ratio} mode, the prompt is {prompt_length} tokens, and {prompt_length} + "
+            f"{settings.max_new_tokens} new tokens exceed the model's context of {context_length} tokens. "
+            "Use fewer images, preserve mode, a lower resolution or fewer new tokens, or press Clear."
+        )
+    return inputs
+
+
+class _TokenQueue(BaseStreamer):
+    """Hands each new token id (not the prompt's) to the consuming thread, recording when it arrived."""
+
+    def __init__(self):
+        self.queue: queue.Queue[list[int] | None] = queue.Queue()
+        self.token_times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.token_times.append(time.perf_counter())
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+class _StopWhenSet(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def stream_answer(
+    model,
+    processor,
+    inputs,
+    settings: GenerationSettings,
+    stop: threading.Event,
+    started_at: float,
+    token_timeout: float = 600.0,
+) -> Iterator[AnswerProgress]:
+    """
+    Generate in a background thread and yield the answer, decoded anew at each token; the last progress (`done`) holds
+    the answer decoded from the ids `generate` returned. Setting `stop`, or closing the iterator, ends generation after
+    the current token. Timings count from `started_at` (a `time.perf_counter()` value taken when the request arrived).
+    """
+    streamer = _TokenQueue()
+    outcome: dict = {}
+    inputs = inputs.to(model.device)
+
+    def generate() -> None:
+        try:
+            with torch.inference_mode():
+                outcome["ids"] = model.generate(
+                    **inputs, streamer=streamer, stopping_criteria=[_StopWhenSet(stop)], **settings.generate_kwargs()
+                )
+        except Exception as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+            streamer.end()
+
+    worker = threading.Thread(target=generate, name="convllava-generate", daemon=True)
+    worker.start()
+    progress = AnswerProgress(text="")
+    new_ids: list[int] = []
+    try:
+        while (ids := streamer.queue.get(timeout=token_timeout)) is not None:
+            new_ids += ids
+            progress.text = processor.decode(new_ids, skip_special_tokens=True)
+            _update_timings(progress, streamer.token_times, started_at)
+            yield progress
+        worker.join()
+        progress.stopped = stop.is_set()
+    finally:
+        stop.set()
+    if "error" in outcome:
+        raise outcome["error"]
+    prompt_length = inputs["input_ids"].shape[1]
+    progress.text = processor.decode(outcome["ids"][0, prompt_length:], skip_special_tokens=True)
+    _update_timings(progress, streamer.token_times, started_at)
+    progress.done = True
+    yield progress
+
+
+def _update_timings(progress: AnswerProgress, token_times: list[float], started_at: float) -> None:
+    times = list(token_times)
+    progress.new_tokens = len(times)
+    if times:
+        progress.time_to_first_token = times[0] - started_at
+    if len(times) > 1 and times[-1] > times[0]:
+        progress.tokens_per_second = (len(times) - 1) / (times[-1] - times[0])

@@ -1,0 +1,73 @@
+"""What the vision tower sees of an image: its visual-token count and 64-pixel grid, computed without a model run."""
+
+from dataclasses import dataclass
+
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageOps
+
+from ..configuration_conv_llava import VISION_STRIDE
+from ..image_processing_conv_llava import ConvLlavaImageProcessor
+
+PREVIEW_SIDE = 512  # longest side of a preview picture, in pixels
+GRID_COLOUR = (255, 255, 255, 150)
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """The visual tokens of one image: a `rows` x `cols` grid of 64-pixel cells over its content on the canvas."""
+
+    height: int  # the (upright) original image's size
+    width: int
+    rows: int
+    cols: int
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.cols
+
+    def describe(self) -> str:
+        return f"{self.width}x{self.height} px -> {self.cols}x{self.rows} = {self.tokens} visual tokens"
+
+
+def upright(image: PIL.Image.Image) -> PIL.Image.Image:
+    """The image as the processor reads it: EXIF orientation applied, RGB."""
+    return PIL.ImageOps.exif_transpose(image).convert("RGB")
+
+
+def token_grid(
+    image_processor: ConvLlavaImageProcessor, height: int, width: int, resolution: int, image_aspect_ratio: str
+) -> TokenGrid:
+    """The token grid of an upright `height` x `width` image, from the processor's `content_size`."""
+    content_height, content_width = image_processor.content_size(height, width, resolution, image_aspect_ratio)
+    return TokenGrid(height, width, content_height // VISION_STRIDE, content_width // VISION_STRIDE)
+
+
+def grid_preview(
+    image: PIL.Image.Image, image_processor: ConvLlavaImageProcessor, resolution: int, image_aspect_ratio: str
+) -> tuple[PIL.Image.Image, TokenGrid]:
+    """
+    The image as the model sees it (padded with the mean colour in "pad" mode, resized to its content size), with
+    the 64-pixel cell of each visual token outlined, scaled down for display; and its `TokenGrid`.
+    """
+    image = upright(image)
+    grid = token_grid(image_processor, image.height, image.width, resolution, image_aspect_ratio)
+    content = ConvLlavaImageProcessor._resize_to_content(
+        image,
+        grid.rows * VISION_STRIDE,
+        grid.cols * VISION_STRIDE,
+        image_aspect_ratio,
+        image_processor.resample,
+        image_processor.image_mean,
+    )
+    scale = min(1.0, PREVIEW_SIDE / max(content.size))
+    preview = content.resize((round(content.width * scale), round(content.height * scale))).convert("RGBA")
+    overlay = PIL.Image.new("RGBA", preview.size, (0, 0, 0, 0))
+    draw = PIL.ImageDraw.Draw(overlay)
+    for col in range(grid.cols + 1):
+        x = min(round(col * VISION_STRIDE * scale), preview.width - 1)
+        draw.line([(x, 0), (x, preview.height - 1)], fill=GRID_COLOUR, width=1)
+    for row in range(grid.rows + 1):
+        y = min(round(row * VISION_STRIDE * scale), preview.height - 1)
+        draw.line([(0, y), (preview.width - 1, y)], fill=GRID_COLOUR, width=1)
+    return PIL.Image.alpha_composite(preview, overlay).convert("RGB"), grid
