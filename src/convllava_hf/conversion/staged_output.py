@@ -67,22 +67,22 @@ def recover_interrupted_runs(output: Path) -> None:
     if not output.parent.is_dir():
         return
     for kind in WORK_KINDS:
-        for work_folder in sorted(output.parent.glob(f".{output.name}.{kind}-*")):
-            dead = _owner_is_dead(work_folder)
+        for folder in sorted(output.parent.glob(f".{output.name}.{kind}-*")):
+            dead = _owner_is_dead(folder)
             if dead is None:
-                logger.warning("%s was not left by a convllava-convert of this machine; delete it if unused.", work_folder)
+                logger.warning("%s was not left by a convllava-convert on this machine; delete it if unused.", folder)
             elif not dead:
                 raise ConversionError(
-                    f"Another convllava-convert is writing --output {output} (its work folder: {work_folder}); wait "
+                    f"Another convllava-convert is writing --output {output} (its work folder: {folder}); wait "
                     f"for it to finish, or delete that folder if no such process is running."
                 )
             else:
-                old = work_folder / output.name
+                old = folder / output.name
                 if kind == "replaced" and old.is_dir() and not output.exists():
                     old.rename(output)
                     logger.warning("Restored %s from a --force replacement that was interrupted.", output)
-                shutil.rmtree(work_folder)
-                logger.warning("Removed %s, left by an interrupted conversion.", work_folder)
+                shutil.rmtree(folder)
+                logger.warning("Removed %s, left by an interrupted conversion.", folder)
 
 
 def _work_folder(output: Path, kind: str) -> Path:
