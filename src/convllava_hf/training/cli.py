@@ -15,6 +15,7 @@ from .arguments import ConvLlavaArguments, ConvLlavaTrainingArguments, parse_arg
 from .collator import ConvLlavaDataCollator
 from .data import LlavaDataset
 from .initialization import assemble_conv_llava
+from .output_folder import check_output_dir, resolve_resume
 from .stages import STAGE_PRESETS, freeze_for_stage
 from .trainer import PROJECTOR_MODULE_NAME, ConvLlavaTrainer
 
@@ -131,9 +132,13 @@ def main(argv: list[str] | None = None) -> None:
         training_args.gradient_accumulation_steps,
         training_args.world_size,
     )
+    inputs = {"--model": args.model, "--vision_tower": args.vision_tower, "--processor": args.processor}
+    check_output_dir(training_args.output_dir, inputs, training_args.overwrite_output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer = build_trainer(args, training_args)
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume and resume.lower() in ("true", "latest") else resume)
+    distributed = "FSDP" if trainer.is_fsdp_enabled else trainer.accelerator.distributed_type.value
+    logger.info("Distributed: %s over %d process(es).", distributed, training_args.world_size)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
 
