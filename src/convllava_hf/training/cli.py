@@ -1,6 +1,7 @@
 """`convllava-train`: one stage of the ConvLLaVA recipe on the Hugging Face Trainer, one GPU or many (accelerate)."""
 
 import logging
+import os
 import sys
 
 import torch
@@ -138,6 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     trainer = build_trainer(args, training_args)
     distributed = "FSDP" if trainer.is_fsdp_enabled else trainer.accelerator.distributed_type.value
     logger.info("Distributed: %s over %d process(es).", distributed, training_args.world_size)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+        logger.warning(
+            "The accelerate config asks for FSDP, but accelerate enables FSDP only on GPUs (and similar devices): "
+            "this run is %s, every process holding the whole model.",
+            distributed,
+        )
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
