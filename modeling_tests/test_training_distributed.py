@@ -60,7 +60,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(config: str, single: dict[str, Path], output: Path) -> str:
+def launch(config: str, single: dict[str, Path], output: Path, *extra: str, status: int = 0) -> str:
     """convllava-train in 2 processes through `accelerate launch --config_file CONFIG`; returns its log."""
     data = single["data"]
     command = [
@@ -70,7 +70,7 @@ def launch(config: str, single: dict[str, Path], output: Path) -> str:
         "-m", "convllava_hf.training.cli",
         f"--model={single['base']}", f"--data={data}", f"--image-folder={data.parent / 'images'}", f"--output={output}",
         "--per_device_train_batch_size=2", *COMMON, "--use_cpu", "--logging_steps=1", "--save_strategy=no",
-        "--report_to=none", "--disable_tqdm=true", "--dataloader_num_workers=0", "--log_level=info",
+        "--report_to=none", "--disable_tqdm=true", "--dataloader_num_workers=0", "--log_level=info", *extra,
     ]  # fmt: skip
     environment = {
         **os.environ,
@@ -87,7 +87,7 @@ def launch(config: str, single: dict[str, Path], output: Path) -> str:
         os.killpg(process.pid, signal.SIGKILL)  # the launcher and its worker processes
         log, _ = process.communicate()
         pytest.fail(f"The {config} run did not finish in {TIMEOUT_S} s:\n{log[-4000:]}")
-    assert process.returncode == 0, log[-4000:]
+    assert (process.returncode == 0) == (status == 0), log[-4000:]
     return log
 
 
@@ -120,3 +120,10 @@ def test_deepspeed_configs_run_two_processes_and_match_one_process(single, tmp_p
     log = launch(config, single, tmp_path / "out")
     assert "Distributed: DEEPSPEED over 2 process(es)" in log, log[-4000:]
     check_against_single_process(tmp_path / "out", single)
+
+
+@pytest.mark.distributed
+def test_zero3_refuses_preserve_mode_whose_per_size_tower_calls_would_deadlock_the_processes(single, tmp_path):
+    pytest.importorskip("deepspeed", reason="DeepSpeed runs in .ci/run's .venv/deepspeed")
+    log = launch("deepspeed_zero3", single, tmp_path / "out", "--image_aspect_ratio=preserve", status=1)
+    assert "every process must run the vision tower equally often" in log, log[-4000:]

@@ -117,6 +117,21 @@ def build_trainer(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArgu
     )
 
 
+def check_parameter_sharding(trainer: ConvLlavaTrainer) -> None:
+    """
+    Refuse "preserve" mode when parameters are sharded (ZeRO-3, FSDP): the model runs the vision tower once per
+    distinct image size, so processes would gather the tower's parameters a different number of times and deadlock.
+    """
+    deepspeed = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    sharded = trainer.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3)
+    if sharded and trainer.processing_class.image_processor.image_aspect_ratio != "pad":
+        raise ValueError(
+            "With ZeRO-3 or FSDP every process must run the vision tower equally often per step, which "
+            "image_aspect_ratio='preserve' (one tower call per image size) does not give: use "
+            "--image_aspect_ratio pad, or ZeRO-2."
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train one stage and save a checkpoint folder (model + processor, or a LoRA adapter) in `--output`."""
     args, training_args = parse_args(argv)
@@ -137,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     check_output_dir(training_args.output_dir, inputs, training_args.overwrite_output_dir)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer = build_trainer(args, training_args)
+    check_parameter_sharding(trainer)
     distributed = "FSDP" if trainer.is_fsdp_enabled else trainer.accelerator.distributed_type.value
     logger.info("Distributed: %s over %d process(es).", distributed, training_args.world_size)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
