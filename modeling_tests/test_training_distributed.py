@@ -25,7 +25,7 @@ from test_training_stages import build_dataset, losses, save_base_model, train
 REPOSITORY = Path(__file__).resolve().parents[1]
 CONFIGS = REPOSITORY / "examples" / "accelerate_configs"
 STEPS = 6
-#: Stated tolerance: the per-step losses of the two runs agree to this relative difference (measured: <= 6e-6).
+#: Stated tolerance: the per-step losses of the two runs agree to this relative difference (measured: at most 7e-7).
 LOSS_RTOL = 1e-4
 #: Trained weights agree to this absolute difference.
 WEIGHT_ATOL = 1e-4
