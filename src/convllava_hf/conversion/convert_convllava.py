@@ -64,7 +64,7 @@ def convert_checkpoint(
     """
     Convert an original ConvLLaVA checkpoint into `output` (written in a sibling temp folder and moved into place when
     complete). `llm` / `vision` are local folders or Hub ids; `vision` defaults to where the original looks (the
-    LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to the stored LLM dtype.
+    LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to that of most LLM weights.
     Tensors are streamed one at a time, so memory stays far below the size of the model. `verify` (e.g.
     `verify_conversion`) runs on the complete folder before it is moved into place: if it raises, nothing is published.
     """
