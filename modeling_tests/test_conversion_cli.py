@@ -1,10 +1,14 @@
 """The `convllava-convert` command line: verification pass, refusals, Hub upload."""
 
 import json
+import os
 
 import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from convllava_hf.conversion import convert_convllava
+from convllava_hf.conversion.verify import synthetic_image
 from tiny_models import FIXTURE_DIR
 
 
@@ -14,14 +18,37 @@ def cli(output, *extra) -> int:
     )
 
 
-def test_verify_reloads_and_reports_visual_tokens_and_a_finite_logits_summary(tmp_path, capsys):
+def test_verify_reports_the_logits_of_the_published_model_on_its_test_image(tmp_path, capsys):
     assert cli(tmp_path / "out", "--verify") == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Verification forward pass: "))
     summary = json.loads(line.split(": ", 1)[1])
-    assert summary["visual_tokens"] == 16
-    assert summary["logits_shape"] == [summary["sequence_length"], 832]
-    assert summary["logits_min"] < summary["logits_mean"] < summary["logits_max"]
-    assert 0 <= summary["next_token_id"] < 800
+    # Recompute independently from the published folder: stock Auto classes, the chat template, the test image.
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=synthetic_image(256), text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0]
+    assert summary["visual_tokens"] == 16 == int((inputs["input_ids"] == 800).sum())
+    assert summary["sequence_length"] == inputs["input_ids"].shape[1]
+    assert summary["logits_shape"] == [inputs["input_ids"].shape[1], 832]
+    for key, value in {"mean": logits.mean(), "std": logits.std(), "min": logits.min(), "max": logits.max()}.items():
+        assert summary[f"logits_{key}"] == pytest.approx(float(value), abs=1e-5), key
+    assert summary["next_token_id"] == int(logits[-1].argmax())
+    assert summary["next_token"] == processor.tokenizer.convert_tokens_to_string(
+        [processor.tokenizer.convert_ids_to_tokens(summary["next_token_id"])]
+    )
+
+
+def test_output_dot_writes_into_the_current_folder_and_leaves_nothing_else(tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    output.mkdir()
+    monkeypatch.chdir(output)
+    assert cli(".") == 0
+    assert (output / "config.json").is_file() and (output / "model.safetensors").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+    assert not [name for name in os.listdir(output) if name.startswith(".")]
 
 
 def test_refused_input_exits_with_status_2_and_a_message(tmp_path, capsys):

@@ -47,7 +47,26 @@ def test_assembled_model_keeps_both_pretrained_parts_and_adds_the_image_token(pa
             torch.testing.assert_close(model.model.language_model.state_dict()[name], tensor)
     for name, tensor in tower.state_dict().items():
         torch.testing.assert_close(model.model.vision_tower.state_dict()[name], tensor)
-    assert model.model.multi_modal_projector.linear_1.weight.abs().sum() > 0
+    for linear in (model.model.multi_modal_projector.linear_1, model.model.multi_modal_projector.linear_2):
+        # nn.Linear's default initialisation: uniform in +-1/sqrt(fan_in), so std = bound/sqrt(3)
+        bound = linear.in_features**-0.5
+        assert linear.weight.abs().max() <= bound and linear.bias.abs().max() <= bound
+        assert linear.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+
+
+def test_new_embedding_rows_of_a_fresh_stage1_model_are_the_mean_of_the_original_rows(parts):
+    model, _ = assemble_conv_llava(parts["llm"], parts["vision"])
+    llm = LlamaForCausalLM.from_pretrained(parts["llm"])
+    for new, old in (
+        (model.get_input_embeddings().weight, llm.get_input_embeddings().weight),
+        (model.lm_head.weight, llm.lm_head.weight),
+    ):
+        rows = old.detach().double()
+        mean = [sum(rows[i, j].item() for i in range(FIXTURE_VOCAB)) / FIXTURE_VOCAB for j in range(rows.shape[1])]
+        expected = torch.tensor(mean, dtype=torch.float64).expand(832 - FIXTURE_VOCAB, -1)
+        torch.testing.assert_close(new.detach()[FIXTURE_VOCAB:].double(), expected, rtol=0, atol=1e-7)
+        assert torch.equal(new.detach()[FIXTURE_VOCAB:], new.detach()[FIXTURE_VOCAB].expand(832 - FIXTURE_VOCAB, -1))
+        assert torch.equal(new.detach()[:FIXTURE_VOCAB], old.detach())
 
 
 def test_stage1_from_a_language_model_and_a_vision_tower_writes_a_normal_checkpoint(parts):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .errors import ConversionError
 
@@ -49,7 +49,7 @@ def find_weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     for index_name, single_name in WEIGHT_LAYOUTS:
         index = folder / index_name
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = read_weight_map(index)
             files = [folder / name for name in dict.fromkeys(weight_map.values())]
             missing = [file.name for file in files if not file.is_file()]
             if missing:
@@ -59,6 +59,18 @@ def find_weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
             return [folder / single_name], None
     expected = ", ".join(name for layout in WEIGHT_LAYOUTS for name in layout)
     raise ConversionError(f"No weights in {folder}: expected one of {expected}.")
+
+
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The name -> shard file map of a sharded checkpoint's index JSON, refusing an index that has none."""
+    try:
+        content = json.loads(index.read_text())
+    except ValueError as error:
+        raise ConversionError(f"{index} is not valid JSON: {error}") from error
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ConversionError(f"{index} has no weight_map (a JSON object of tensor name -> shard file).")
+    return weight_map
 
 
 def load_bin(file: Path) -> dict[str, torch.Tensor]:
@@ -104,9 +116,19 @@ class CheckpointReader:
     @staticmethod
     def _read_specs(file: Path) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
         if file.suffix == ".safetensors":
-            with safe_open(file, framework="pt") as handle:
-                slices = {name: handle.get_slice(name) for name in handle.keys()}
-                return [(name, tuple(s.get_shape()), SAFETENSORS_DTYPES[s.get_dtype()]) for name, s in slices.items()]
+            try:
+                with safe_open(file, framework="pt") as handle:
+                    slices = {name: handle.get_slice(name) for name in handle.keys()}
+                    specs = [(name, tuple(s.get_shape()), s.get_dtype()) for name, s in slices.items()]
+            except SafetensorError as error:
+                raise ConversionError(f"{file} is truncated or corrupt: {error}") from error
+            for name, _, code in specs:
+                if code not in SAFETENSORS_DTYPES:
+                    raise ConversionError(
+                        f"Tensor {name!r} in {file} has dtype {code}, which is not supported "
+                        f"(supported: {', '.join(SAFETENSORS_DTYPES)})."
+                    )
+            return [(name, shape, SAFETENSORS_DTYPES[code]) for name, shape, code in specs]
         return [(name, tuple(tensor.shape), tensor.dtype) for name, tensor in load_bin(file).items()]
 
     def get(self, name: str) -> torch.Tensor:

@@ -50,6 +50,9 @@ CONVNEXT_KEYS = frozenset(ConvNextConfig.__dataclass_fields__) - frozenset(PreTr
 #: Backbone bookkeeping in v4 ConvNext configs, recomputed by `ConvNextConfig`.
 CONVNEXT_BACKBONE_KEYS = frozenset({"out_features", "out_indices", "stage_names"})
 
+#: LLM settings without a safe default: a missing one would silently fall back to LlamaConfig's 7B value.
+REQUIRED_LLM_SETTINGS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
 #: CLIPImageProcessor switches the original pipeline relies on.
 REQUIRED_PREPROCESSING_STEPS = ("do_resize", "do_center_crop", "do_rescale", "do_normalize")
 
@@ -70,6 +73,18 @@ class ConfigConversion:
 def padded_vocab_size(original_vocab_size: int, multiple: int = 64) -> int:
     """Rows of the resized embeddings: the original vocabulary plus `<image>`, rounded up to `multiple`."""
     return -(-(original_vocab_size + 1) // multiple) * multiple
+
+
+def check_llm_settings(llm_config: dict, path: object) -> None:
+    """Refuse an LLM `config.json` (at `path`) whose size settings are missing or not positive integers."""
+    bad = [
+        key
+        for key in REQUIRED_LLM_SETTINGS
+        if not isinstance(llm_config.get(key), int) or isinstance(llm_config[key], bool) or llm_config[key] <= 0
+    ]
+    if bad:
+        found = ", ".join(f"{key}={llm_config.get(key, '<missing>')!r}" for key in bad)
+        raise ConversionError(f"{path} must give {', '.join(bad)} as positive integers; found {found}.")
 
 
 def _split_llm_keys(llm_config: dict) -> dict:

@@ -4,7 +4,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -13,15 +13,15 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from ..remote_code import add_remote_code
 from .checkpoint_reader import CheckpointReader
-from .config_conversion import convert_configs
+from .config_conversion import check_llm_settings, convert_configs
 from .errors import ConversionError
 from .model_card import render_model_card
 from .processor_building import build_generation_config, build_processor
 from .safetensors_writer import write_safetensors
-from .sources import default_vision_source, resolve_source
-from .staged_output import check_output, staged_output
+from .sources import check_sentencepiece_model, default_vision_source, resolve_source
+from .staged_output import check_output, recover_interrupted_runs, staged_output
 from .verify import verify_conversion
-from .weight_plan import plan_weights
+from .weight_plan import output_dtype, plan_weights
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,12 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise ConversionError(f"Cannot read {path}: {error}") from error
+    if not isinstance(content, dict):
+        raise ConversionError(f"{path} must hold a JSON object, not a {type(content).__name__}.")
+    return content
 
 
 def _parse_shard_size(size: str | int) -> int:
@@ -57,21 +60,26 @@ def convert_checkpoint(
     max_shard_size: str | int = "5GB",
     force: bool = False,
     base_models: Sequence[str] = (),
+    verify: Callable[[Path], object] | None = None,
 ) -> Path:
     """
     Convert an original ConvLLaVA checkpoint into `output` (written in a sibling temp folder and moved into place when
     complete). `llm` / `vision` are local folders or Hub ids; `vision` defaults to where the original looks (the
-    LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to the stored LLM dtype.
+    LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to that of most LLM weights.
     The folder carries this package's module files (`auto_map`), so it also loads with `trust_remote_code=True`.
-    Tensors are streamed one at a time, so memory stays far below the size of the model.
+    Tensors are streamed one at a time, so memory stays far below the size of the model. `verify` (e.g.
+    `verify_conversion`) runs on the complete folder before it is moved into place: if it raises, nothing is published.
     """
     output = Path(output)
+    recover_interrupted_runs(output)
     check_output(output, force)
     shard_size = _parse_shard_size(max_shard_size)
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     llm_dir = resolve_source(llm, "--llm")
     llm_config = _read_json(llm_dir / "config.json")
+    check_llm_settings(llm_config, llm_dir / "config.json")
+    check_sentencepiece_model(llm_dir)
     vision = vision or default_vision_source(llm_dir, llm_config)
     vision_dir = resolve_source(vision, "--vision")
     for source in (llm_dir, vision_dir):
@@ -81,7 +89,7 @@ def convert_checkpoint(
     vision_weights = CheckpointReader.from_folder(vision_dir)
     if "lm_head.weight" not in llm_weights.specs:
         raise ConversionError(f"The LLM checkpoint in {llm_dir} lacks lm_head.weight.")
-    out_dtype = DTYPES[dtype] if dtype else llm_weights.specs["lm_head.weight"].dtype
+    out_dtype = output_dtype(llm_weights, vision_weights, DTYPES[dtype] if dtype else None)
 
     conversion = convert_configs(
         llm_config,
@@ -98,7 +106,7 @@ def convert_checkpoint(
     base_models = list(base_models) or [source for source in (llm, vision) if _is_hub_id(source)]
     card = render_model_card(conversion.config, sources, base_models, conversion.original_vocab_size, conversion.notes)
 
-    with staged_output(output, force) as staging:
+    with staged_output(output, force, check=verify) as staging:
         logger.info("Writing %d tensors (%s) to %s", len(planned), out_dtype, output)
         write_safetensors(planned, staging, shard_size)
         llm_weights.close()
@@ -141,7 +149,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Accepted for compatibility with transformers' conversion scripts: weights are always safetensors.",
     )
     parser.add_argument("--force", action="store_true", help="Replace the contents of a non-empty --output.")
-    parser.add_argument("--verify", action="store_true", help="Reload the result and run one forward pass.")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="Reload the result and run one forward pass before moving it into place (nothing is written if it fails).",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload the result to this Hub model repository.")
     parser.add_argument(
         "--base-model",
@@ -156,14 +168,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 for input the converter refuses)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    def verify(staging: Path) -> None:
+        try:
+            summary = verify_conversion(staging)
+        except ConversionError as error:
+            raise ConversionError(f"--verify failed, so nothing was written to {args.output}: {error}") from error
+        print("Verification forward pass: " + json.dumps(summary))
+
     try:
         output = convert_checkpoint(
-            args.llm, args.output, args.vision, args.dtype, args.max_shard_size, args.force, args.base_model
+            args.llm,
+            args.output,
+            args.vision,
+            args.dtype,
+            args.max_shard_size,
+            args.force,
+            args.base_model,
+            verify=verify if args.verify else None,
         )
         print(f"Converted checkpoint written to {output}")
-        if args.verify:
-            summary = verify_conversion(output)
-            print("Verification forward pass: " + json.dumps(summary))
         if args.push_to_hub:
             print(f"Uploaded to {push_to_hub(output, args.push_to_hub)}")
     except ConversionError as error:

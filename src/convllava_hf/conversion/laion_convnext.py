@@ -21,7 +21,7 @@ from .checkpoint_reader import CheckpointReader
 from .errors import ConversionError
 from .key_mapping import map_keys
 from .sources import resolve_source
-from .staged_output import check_output, staged_output
+from .staged_output import check_output, recover_interrupted_runs, staged_output
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ def convert_laion_convnext(
     if resolution <= 0 or resolution % VISION_STRIDE:
         raise ConversionError(f"--resolution must be a positive multiple of {VISION_STRIDE}, got {resolution}.")
     output = Path(output)
+    recover_interrupted_runs(output)
     check_output(output, force)
     path = Path(source).expanduser()
     checkpoint = find_checkpoint(path if path.exists() else resolve_source(source, "--checkpoint"))

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import sentencepiece
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 
@@ -42,3 +43,14 @@ def default_vision_source(llm_dir: Path, llm_config: dict) -> str:
     if not llm_config.get("mm_vision_tower"):
         raise ConversionError("The LLM config.json names no mm_vision_tower; pass --vision.")
     return llm_config["mm_vision_tower"]
+
+
+def check_sentencepiece_model(folder: Path) -> None:
+    """Refuse an LLM folder whose `tokenizer.model` (the original sentencepiece tokenizer) is missing or unreadable."""
+    path = folder / "tokenizer.model"
+    if not path.is_file():
+        raise ConversionError(f"{path} is missing: the original checkpoint's sentencepiece tokenizer is needed.")
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as error:
+        raise ConversionError(f"{path} is not a valid sentencepiece model: {error}") from error

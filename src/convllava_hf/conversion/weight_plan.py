@@ -1,5 +1,7 @@
 """Which converted tensor comes from which original tensor, checked against the model's own parameter list."""
 
+import logging
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -11,6 +13,34 @@ from .config_conversion import ConfigConversion
 from .errors import ConversionError
 from .key_mapping import EMBEDDING_KEYS, map_llm_keys, map_vision_keys
 from .safetensors_writer import PlannedTensor
+
+logger = logging.getLogger(__name__)
+
+#: The dtypes a converted checkpoint can have; a float64 checkpoint is written as float32.
+OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def output_dtype(llm: CheckpointReader, vision: CheckpointReader, requested: torch.dtype | None) -> torch.dtype:
+    """
+    `requested`, else the floating dtype holding most of the LLM's weights (float32 for float64). Warns once when
+    tensors are stored in float64, which no released checkpoint uses, saying what they are written as.
+    """
+    stored = Counter()
+    for spec in llm.specs.values():
+        if spec.dtype.is_floating_point:
+            stored[spec.dtype] += torch.Size(spec.shape).numel()
+    dtype = requested or (stored.most_common(1)[0][0] if stored else torch.float32)
+    dtype = dtype if dtype in OUTPUT_DTYPES else torch.float32
+    float64 = [f"{name} ({spec.file.name})" for r in (llm, vision) for name, spec in r.specs.items()
+               if spec.dtype == torch.float64]  # fmt: skip
+    if float64:
+        logger.warning(
+            "%d tensor(s) are stored in float64 and are written as %s like the rest: %s",
+            len(float64),
+            str(dtype).removeprefix("torch."),
+            ", ".join(float64[:5]) + (", ..." if len(float64) > 5 else ""),
+        )
+    return dtype
 
 
 def expected_parameters(config: ConvLlavaConfig) -> dict[str, tuple[int, ...]]:

@@ -71,6 +71,9 @@ class ConvLlavaTrainingArguments(TrainingArguments):
         default=None, help="per-device batch x accumulation x processes; sets the accumulation (default: the stage's)."
     )
     projector_lr: float | None = HfArg(default=None, help="Learning rate of the projector (default: --learning_rate).")
+    overwrite_output_dir: bool = HfArg(
+        default=False, help="Write into a non-empty --output that holds no training run (its files may be replaced)."
+    )
 
     def __post_init__(self):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:

@@ -1,6 +1,7 @@
 """`convllava-train`: one stage of the ConvLLaVA recipe on the Hugging Face Trainer, one GPU or many (accelerate)."""
 
 import logging
+import os
 import sys
 
 import torch
@@ -15,6 +16,7 @@ from .arguments import ConvLlavaArguments, ConvLlavaTrainingArguments, parse_arg
 from .collator import ConvLlavaDataCollator
 from .data import LlavaDataset
 from .initialization import assemble_conv_llava
+from .output_folder import check_output_dir, resolve_resume
 from .stages import STAGE_PRESETS, freeze_for_stage
 from .trainer import PROJECTOR_MODULE_NAME, ConvLlavaTrainer
 
@@ -115,6 +117,21 @@ def build_trainer(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArgu
     )
 
 
+def check_parameter_sharding(trainer: ConvLlavaTrainer) -> None:
+    """
+    Refuse "preserve" mode when parameters are sharded (ZeRO-3, FSDP): the model runs the vision tower once per
+    distinct image size, so processes would gather the tower's parameters a different number of times and deadlock.
+    """
+    deepspeed = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    sharded = trainer.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3)
+    if sharded and trainer.processing_class.image_processor.image_aspect_ratio != "pad":
+        raise ValueError(
+            "With ZeRO-3 or FSDP every process must run the vision tower equally often per step, which "
+            "image_aspect_ratio='preserve' (one tower call per image size) does not give: use "
+            "--image_aspect_ratio pad, or ZeRO-2."
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train one stage and save a checkpoint folder (model + processor, or a LoRA adapter) in `--output`."""
     args, training_args = parse_args(argv)
@@ -131,9 +148,20 @@ def main(argv: list[str] | None = None) -> None:
         training_args.gradient_accumulation_steps,
         training_args.world_size,
     )
+    inputs = {"--model": args.model, "--vision_tower": args.vision_tower, "--processor": args.processor}
+    check_output_dir(training_args.output_dir, inputs, training_args.overwrite_output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer = build_trainer(args, training_args)
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume and resume.lower() in ("true", "latest") else resume)
+    check_parameter_sharding(trainer)
+    distributed = "FSDP" if trainer.is_fsdp_enabled else trainer.accelerator.distributed_type.value
+    logger.info("Distributed: %s over %d process(es).", distributed, training_args.world_size)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+        logger.warning(
+            "The accelerate config asks for FSDP, but accelerate enables FSDP only on GPUs (and similar devices): "
+            "this run is %s, every process holding the whole model.",
+            distributed,
+        )
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
 
