@@ -87,14 +87,26 @@ def test_static_cache_greedy_ids_equal_the_dynamic_cache(model):
     assert len(set(dynamic[:, -10:].flatten().tolist())) > 1  # not a degenerate constant continuation
 
 
-def test_static_cache_with_compiled_decoding_gives_the_dynamic_cache_ids(model):
+GRAPH_CODES: list[str] = []
+
+
+def recording_backend(graph_module, example_inputs, **options):
+    """`aot_eager` that keeps each graph's code (a plain function: `CompileConfig` deep-copies its backend)."""
+    GRAPH_CODES.append(graph_module.code)
+    return torch._dynamo.lookup_backend(BACKEND)(graph_module, example_inputs)
+
+
+def test_static_cache_with_compiled_decoding_gives_the_dynamic_cache_ids_without_host_syncs(model):
     fresh_dynamo()
+    GRAPH_CODES.clear()
     inputs = {"input_ids": prompt([1, 11, 12], [13, 14]), "pixel_values": torch.randn(1, 3, 256, 256)}
-    compile_config = CompileConfig(fullgraph=True, backend=BACKEND)
+    compile_config = CompileConfig(fullgraph=True, backend=recording_backend)
     compile_config._compile_all_devices = True  # generate compiles the decoding steps on GPUs only by default
     dynamic = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     static = model.generate(
         **inputs, max_new_tokens=5, do_sample=False, cache_implementation="static", compile_config=compile_config
     )
-    assert compiled_graphs() >= 1  # the decoding steps ran compiled
     assert static.tolist() == dynamic.tolist()
+    assert GRAPH_CODES  # the decoding steps ran compiled
+    # no `.item()` in a decoding step: a host synchronisation there would also keep CUDA graphs out
+    assert not any(".item()" in code or "_local_scalar_dense" in code for code in GRAPH_CODES)

@@ -92,8 +92,8 @@ def check_finite_pixels(batch: torch.Tensor, image_indices: Sequence[int]) -> No
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int, image_token_id: int) -> None:
     """
-    Refuse ids outside `[0, vocab_size)`, naming them (the embedding lookup would fail with a bare `IndexError`).
-    A `torch_compilable_check`: a compiler hint under `torch.compile`, a clear `ValueError` in eager mode.
+    Refuse ids outside `[0, vocab_size)` with a `ValueError` naming them and the vocabulary size (the embedding lookup
+    would fail with a bare `IndexError`). Reads one boolean on the host.
     """
     in_vocabulary = (input_ids >= 0) & (input_ids < vocab_size)
 

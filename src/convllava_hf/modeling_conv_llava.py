@@ -7,7 +7,11 @@ from torch import nn
 from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.llava.modeling_llava import LlavaMultiModalProjector, LlavaPreTrainedModel
+from transformers.models.llava.modeling_llava import (
+    LlavaModelOutputWithPast,
+    LlavaMultiModalProjector,
+    LlavaPreTrainedModel,
+)
 from transformers.utils import torch_compilable_check
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
@@ -185,13 +189,21 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
         pixel_values: ImageInput | None = None,
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
-    ):
+    ) -> LlavaModelOutputWithPast | tuple:
         """
         [`LlavaModel.forward`], after checking the ids: ids outside the vocabulary raise a `ValueError` that names
-        them (compilable), and an input longer than `max_position_embeddings` warns once.
+        them, and an input longer than `max_position_embeddings` warns once.
+
+        The ids check costs a host synchronisation, so it runs in eager mode on prompts only: not on the one-token
+        steps that `generate` decodes with a cache (their ids come from the model itself), and not under
+        `torch.compile`, where it could only add a message-less assertion and a synchronisation to the graph.
         """
-        if input_ids is not None:
-            check_token_ids(input_ids, self.get_input_embeddings().num_embeddings, self.config.image_token_id)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        decoding_step = input_ids is not None and input_ids.shape[1] == 1 and cache is not None
+        if input_ids is not None and not decoding_step and not torch.compiler.is_compiling():
+            embeddings = self.get_input_embeddings()
+            vocab_size = getattr(embeddings, "num_embeddings", self.config.text_config.vocab_size)
+            check_token_ids(input_ids, vocab_size, self.config.image_token_id)
         tokens = input_ids if input_ids is not None else inputs_embeds
         if tokens is not None:
             warn_if_longer_than_positions(
