@@ -406,6 +406,8 @@ def test_sampling_settings_follow_the_request(plugin):
     until, settings = plugin._generation_settings({"temperature": 0, "top_p": 0.9, "until": ["</s>"]})
     assert until == ["</s>"] and settings["do_sample"] is False and settings["temperature"] is None
     assert settings["max_new_tokens"] == 1024 and settings["top_p"] is None
+    _, settings = plugin._generation_settings({"temperature": 0.2, "do_sample": False})  # MMVet's settings
+    assert settings["do_sample"] is False and settings["temperature"] is None
 
 
 @pytest.mark.parametrize(

@@ -57,8 +57,8 @@ class ConvLlava(lmms):
     ConvLLaVA for lmms-eval. `model_args`: `pretrained` (a converted folder or Hub id, required), `dtype` (auto),
     `device_map`, `attn_implementation`, `load_in_4bit`, `load_in_8bit`, `image_aspect_ratio` (pad | preserve),
     `resolution`, `batch_size` (1; wins over `--batch_size`) and `max_new_tokens` (the default when a task sets
-    none). Each request's `until`, `max_new_tokens`, `temperature`, `top_p` and `num_beams` are honoured; other
-    generation settings of a task (e.g. LLaVA's `image_aspect_ratio: original`) are ignored.
+    none). Each request's `until`, `max_new_tokens`, `temperature`, `top_p`, `num_beams` and `do_sample: false` are
+    honoured; other generation settings of a task (e.g. LLaVA's `image_aspect_ratio: original`) are ignored.
     """
 
     is_simple = True
@@ -163,7 +163,10 @@ class ConvLlava(lmms):
         """(stop strings, `generate` kwargs) of one request's generation kwargs."""
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
+        # sample only at a positive temperature, and not where the task says `do_sample: false` (e.g. MMVet's 0.2)
         temperature = float(gen_kwargs.get("temperature") or 0)
+        if gen_kwargs.get("do_sample") is False:
+            temperature = 0.0
         settings = {
             "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens),
             "num_beams": int(gen_kwargs.get("num_beams") or 1),
