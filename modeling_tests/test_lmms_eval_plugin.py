@@ -44,7 +44,7 @@ MC_QUESTIONS = [
     ("Which side is the square on?", ["left", "right", "top", "bottom"], True),
 ]
 
-TASK_UTILS = '''
+TASK_UTILS = """
 from lmms_eval.tasks.mme.utils import mme_aggregate_results, mme_process_results
 from lmms_eval.tasks.pope.utils import pope_aggregate_accuracy, pope_aggregate_yes_ratio, pope_process_results
 from lmms_eval.tasks.seedbench.utils import seed_aggregation_result, seed_process_result
@@ -76,7 +76,7 @@ def mc_doc_to_choice(doc):
 
 def mc_doc_to_target(doc):
     return doc["gold_index"]
-'''
+"""
 
 YESNO_YAML = """
 task: convllava_tiny_yesno
@@ -213,14 +213,15 @@ def workspace(tmp_path_factory):
         mc_rows.append({"question_id": str(index), "data_type": "image", "question": question, "choices": choices,
                         "answer": gold, "gold_index": index % 4, "image": image})  # fmt: skip
 
+    text, image = datasets.Value("string"), datasets.Image()
     features = {
-        "yesno": datasets.Features({"question_id": datasets.Value("string"), "category": datasets.Value("string"),
-                                    "question": datasets.Value("string"), "answer": datasets.Value("string"),
-                                    "image": datasets.Image()}),
-        "mc": datasets.Features({"question_id": datasets.Value("string"), "data_type": datasets.Value("string"),
-                                 "question": datasets.Value("string"), "choices": datasets.Sequence(datasets.Value("string")),
-                                 "answer": datasets.Value("string"), "gold_index": datasets.Value("int64"),
-                                 "image": datasets.Image()}),
+        "yesno": datasets.Features(
+            {"question_id": text, "category": text, "question": text, "answer": text, "image": image}
+        ),
+        "mc": datasets.Features(
+            {"question_id": text, "data_type": text, "question": text, "choices": datasets.Sequence(text),
+             "answer": text, "gold_index": datasets.Value("int64"), "image": image}
+        ),
     }  # fmt: skip
     for name, rows in [("yesno", yesno_rows), ("mc", mc_rows)]:
         dataset = datasets.Dataset.from_list(rows, features=features[name])
@@ -273,7 +274,9 @@ def read_outputs(output: Path) -> tuple[dict, dict[str, list[dict]]]:
 def evaluated(workspace):
     output = workspace["root"] / "out"
     model_args = f"pretrained={workspace['model']},dtype=float32,batch_size=2"
-    result = run_lmms_eval(workspace, "convllava_tiny_yesno,convllava_tiny_mc,convllava_tiny_mc_ppl", model_args, output)
+    result = run_lmms_eval(
+        workspace, "convllava_tiny_yesno,convllava_tiny_mc,convllava_tiny_mc_ppl", model_args, output
+    )
     # lmms-eval exits 0 even when evaluation failed: judge by the files it wrote
     (workspace["root"] / "lmms_eval.log").write_text(result.stdout + result.stderr)
     assert list(output.rglob("*_results.json")), f"no results; see {workspace['root'] / 'lmms_eval.log'}"
@@ -282,7 +285,9 @@ def evaluated(workspace):
 
 def answers(rows: list[dict]) -> list[str]:
     """The recorded answer of each logged sample (a list of one with one process, the bare string with several)."""
-    return [row["filtered_resps"][0] if isinstance(row["filtered_resps"], list) else row["filtered_resps"] for row in rows]
+    return [
+        row["filtered_resps"][0] if isinstance(row["filtered_resps"], list) else row["filtered_resps"] for row in rows
+    ]
 
 
 def test_yes_no_answers_equal_generate_and_mme_pope_scores_match_a_hand_computation(workspace, evaluated):
@@ -328,7 +333,10 @@ def test_likelihood_scoring_equals_a_hand_computed_log_probability(workspace, ev
         recorded = [float(value) for value, _ in row["filtered_resps"]]  # one (value, is_greedy) per choice
         # lmms-eval's models return a loss and its multiple-choice scoring takes the argmin: the negative log-likelihood
         assert recorded == pytest.approx([-value for value in expected], abs=1e-4)
-    hits = [int(np.argmax(lls)) == row["gold_index"] for lls, row in zip(workspace["mc_loglikelihoods"], workspace["mc_rows"])]
+    hits = [
+        int(np.argmax(lls)) == row["gold_index"]
+        for lls, row in zip(workspace["mc_loglikelihoods"], workspace["mc_rows"])
+    ]
     assert metrics["convllava_tiny_mc_ppl"]["acc,none"] == pytest.approx(sum(hits) / len(hits))
 
 
@@ -356,8 +364,12 @@ def test_data_parallel_over_two_processes_gives_the_same_answers(workspace, tmp_
 
 
 def test_unknown_model_args_and_a_missing_checkpoint_are_refused_clearly(workspace, tmp_path):
-    result = run_lmms_eval(workspace, "convllava_tiny_mc", f"pretrained={workspace['model']},temprature=0", tmp_path / "a")
-    assert "Unknown convllava model_args ['temprature']; valid keys: pretrained, dtype," in result.stdout + result.stderr
+    result = run_lmms_eval(
+        workspace, "convllava_tiny_mc", f"pretrained={workspace['model']},temprature=0", tmp_path / "a"
+    )
+    assert (
+        "Unknown convllava model_args ['temprature']; valid keys: pretrained, dtype," in result.stdout + result.stderr
+    )
     result = run_lmms_eval(workspace, "convllava_tiny_mc", f"pretrained={tmp_path / 'missing'}", tmp_path / "b")
     assert "No ConvLLaVA checkpoint could be loaded from" in result.stdout + result.stderr
     assert not list(tmp_path.rglob("*_results.json"))
@@ -374,7 +386,14 @@ def make_request(plugin, question: str, image, gen_kwargs: dict, doc_id: int):
     from lmms_eval.api.instance import Instance
 
     plugin.task_dict.setdefault("unit", {}).setdefault("test", {})[doc_id] = {"image": image}
-    arguments = (question, dict(gen_kwargs), lambda doc: [] if doc["image"] is None else [doc["image"]], doc_id, "unit", "test")
+    arguments = (
+        question,
+        dict(gen_kwargs),
+        lambda doc: [] if doc["image"] is None else [doc["image"]],
+        doc_id,
+        "unit",
+        "test",
+    )
     return Instance("generate_until", arguments, idx=0, metadata={"task": "unit", "doc_id": doc_id, "repeats": 1})
 
 
@@ -384,7 +403,9 @@ def test_each_request_keeps_its_own_generation_kwargs_in_a_mixed_batch(workspace
     short = {"max_new_tokens": 2, "temperature": 0, "until": "e"}  # a bare string is one stop string
     cases = [("Describe the image.", image, beams), ("What is two plus two?", None, beams),
              ("What colour is the square?", image, short), ("Name a fruit.", None, short)]  # fmt: skip
-    requests = [make_request(plugin, question, img, kwargs, index) for index, (question, img, kwargs) in enumerate(cases)]
+    requests = [
+        make_request(plugin, question, img, kwargs, index) for index, (question, img, kwargs) in enumerate(cases)
+    ]
     recorded = plugin.generate_until(requests)
 
     processor, model = plugin.processor, plugin.model

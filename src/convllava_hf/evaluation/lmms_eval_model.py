@@ -86,7 +86,9 @@ class ConvLlava(lmms):
                 f"(lmms-eval itself passes {', '.join(LMMS_EVAL_ARGS)})."
             )
         if not pretrained:
-            raise ValueError("convllava needs model_args pretrained=FOLDER_OR_HUB_ID (a converted ConvLLaVA checkpoint).")
+            raise ValueError(
+                "convllava needs model_args pretrained=FOLDER_OR_HUB_ID (a converted ConvLLaVA checkpoint)."
+            )
         self.batch_size_per_gpu = _as_positive_int(batch_size, "batch_size")
         self.max_new_tokens = _as_positive_int(max_new_tokens, "max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
 
@@ -114,7 +116,9 @@ class ConvLlava(lmms):
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "ConvLlava":
         """Build from `key=value,...` model_args plus lmms-eval's own settings; model_args win (e.g. `batch_size`)."""
         args = simple_parse_args_string(arg_string)
-        extra = {key: value for key, value in (additional_config or {}).items() if value is not None and key not in args}
+        extra = {
+            key: value for key, value in (additional_config or {}).items() if value is not None and key not in args
+        }
         return cls(**args, **extra)
 
     @property
@@ -146,7 +150,7 @@ class ConvLlava(lmms):
         return context, [image.convert("RGB") for image in images]
 
     def chat_prompt(self, context: str, num_images: int) -> str:
-        """The Vicuna v1 prompt of one user turn: `<image>\\n` per image (unless `context` places them), then `context`."""
+        """The Vicuna v1 prompt of one user turn: `<image>\\n` per image (unless `context` has them), then `context`."""
         if self.processor.image_token in context:
             content = context
         else:
