@@ -5,6 +5,11 @@
 #
 #   bash benchmarks/gpu_check.sh OUTPUT_DIR            # -> OUTPUT_DIR/gpu_check.json
 #   bash benchmarks/gpu_check.sh OUTPUT_DIR --tiny     # CPU smoke test -> OUTPUT_DIR/gpu_check_tiny.json
+#
+# Opt-in, after the benchmark: a small POPE + MME slice of a converted checkpoint through lmms-eval, for an
+# environment with `pip install -e ".[eval]"` and both datasets already in the Hugging Face cache (nothing is
+# downloaded here) -> OUTPUT_DIR/lmms_eval/
+#   CONVLLAVA_EVAL_CHECKPOINT=./ConvLLaVA-sft-1536-hf [CONVLLAVA_EVAL_LIMIT=200] bash benchmarks/gpu_check.sh OUTPUT_DIR
 set -euo pipefail
 if [[ $# -lt 1 || "$1" == -* ]]; then
     echo "usage: $0 OUTPUT_DIR [--tiny] [--decode-tokens N] [--repeats N]" >&2
@@ -13,4 +18,6 @@ fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PYTHONPATH="$here/../src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1
-exec "${PYTHON:-python}" "$here/gpu_check.py" "$@"
+"${PYTHON:-python}" "$here/gpu_check.py" "$@"
+[[ -z "${CONVLLAVA_EVAL_CHECKPOINT:-}" ]] && exit 0
+exec bash "$here/lmms_eval_slice.sh" "$1" "$CONVLLAVA_EVAL_CHECKPOINT" "${CONVLLAVA_EVAL_LIMIT:-200}"

@@ -1,4 +1,4 @@
-"""RefCOCO-style grounding evaluation: the scoring against hand-computed IoUs, and `convllava-eval-grounding` end to end."""
+"""RefCOCO-style grounding evaluation: scoring against hand-computed IoUs, and `convllava-eval-grounding` end to end."""
 
 import json
 import re
@@ -73,7 +73,13 @@ def test_a_missing_checkpoint_gets_a_clear_error(tmp_path):
 
 # The fixture's images with made-up referring expressions and boxes.
 RECORDS = [
-    {"image": "landscape_320x200.png", "sent": "the red thing", "bbox": [10, 20, 100, 150], "width": 320, "height": 200},
+    {
+        "image": "landscape_320x200.png",
+        "sent": "the red thing",
+        "bbox": [10, 20, 100, 150],
+        "width": 320,
+        "height": 200,
+    },
     {"image": "portrait_150x260.png", "sent": "a blue square", "bbox": [0, 0, 75, 130], "width": 150, "height": 260},
     {"image": "square_256x256.png", "sent": "the centre", "bbox": [64, 64, 192, 192], "width": 256, "height": 256},
 ]
@@ -100,7 +106,9 @@ def test_eval_grounding_records_the_models_own_answers_and_their_precision(conve
     processor = AutoProcessor.from_pretrained(converted)
     model = AutoModelForImageTextToText.from_pretrained(converted).eval()
     for record, row in zip(RECORDS, rows, strict=True):
-        question = f"Please provide the bounding box coordinate of the region this sentence describes: {record['sent']}."
+        question = (
+            f"Please provide the bounding box coordinate of the region this sentence describes: {record['sent']}."
+        )
         image = Image.open(FIXTURE_DIR / "images" / record["image"]).convert("RGB")
         inputs = processor(images=image, text=vicuna_prompt(question), return_tensors="pt")
         with torch.no_grad():

@@ -120,7 +120,7 @@ def test_pixels_to_box_text_writes_the_models_format_and_inverts_box_to_pixels(p
 
 
 def test_pixels_to_box_text_rounds_to_the_requested_decimals():
-    # landscape: (45 + 0) / 300 = 0.15, (17 + 50) / 300 = 0.22333..., (299 + 0) / 300 = 0.99666..., (199 + 50) / 300 = 0.83
+    # landscape: 45 / 300 = 0.15, (17 + 50) / 300 = 0.22333..., 299 / 300 = 0.99666..., (199 + 50) / 300 = 0.83
     assert pixels_to_box_text((45, 17, 299, 199), LANDSCAPE, decimals=3) == "[0.150, 0.223, 0.997, 0.830]"
 
 

@@ -85,23 +85,35 @@ def box_to_pixels(
         return None
     frame_width, frame_height, x_offset, y_offset = _frame(image_size, image_aspect_ratio)
     x1, y1, x2, y2 = box
-    corners = (x1 * frame_width - x_offset, y1 * frame_height - y_offset,
-               x2 * frame_width - x_offset, y2 * frame_height - y_offset)
+    corners = (
+        x1 * frame_width - x_offset,
+        y1 * frame_height - y_offset,
+        x2 * frame_width - x_offset,
+        y2 * frame_height - y_offset,
+    )
     if not clip:
         return corners
     height, width = (operator.index(side) for side in image_size)
-    return (min(max(corners[0], 0.0), width), min(max(corners[1], 0.0), height),
-            min(max(corners[2], 0.0), width), min(max(corners[3], 0.0), height))
+    return (
+        min(max(corners[0], 0.0), width),
+        min(max(corners[1], 0.0), height),
+        min(max(corners[2], 0.0), width),
+        min(max(corners[3], 0.0), height),
+    )
 
 
 def pixels_to_box(box: Sequence[float], image_size: Sequence[int], image_aspect_ratio: str = "pad") -> Box:
-    """The normalised box (what the model reads and writes) of pixel corners `(x1, y1, x2, y2)` of the original image."""
+    """The normalised box (what the model reads and writes) of pixel corners `(x1, y1, x2, y2)` of the image."""
     if len(box) != 4 or not all(math.isfinite(value) for value in box) or box[2] < box[0] or box[3] < box[1]:
         raise ValueError(f"box must be finite pixel corners (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2, got {box!r}.")
     frame_width, frame_height, x_offset, y_offset = _frame(image_size, image_aspect_ratio)
     x1, y1, x2, y2 = box
-    return ((x1 + x_offset) / frame_width, (y1 + y_offset) / frame_height,
-            (x2 + x_offset) / frame_width, (y2 + y_offset) / frame_height)
+    return (
+        (x1 + x_offset) / frame_width,
+        (y1 + y_offset) / frame_height,
+        (x2 + x_offset) / frame_width,
+        (y2 + y_offset) / frame_height,
+    )
 
 
 def pixels_to_box_text(
@@ -111,7 +123,9 @@ def pixels_to_box_text(
     The model's text form of pixel corners `(x1, y1, x2, y2)` of the original image, e.g. `"[0.12, 0.34, 0.56, 0.78]"`
     (LLaVA-1.5's training format: `decimals` places, the inverse of [`box_to_pixels`]).
     """
-    return "[" + ", ".join(f"{value:.{decimals}f}" for value in pixels_to_box(box, image_size, image_aspect_ratio)) + "]"
+    return (
+        "[" + ", ".join(f"{value:.{decimals}f}" for value in pixels_to_box(box, image_size, image_aspect_ratio)) + "]"
+    )
 
 
 def box_iou(first: Sequence[float], second: Sequence[float]) -> float:
@@ -127,7 +141,7 @@ def box_iou(first: Sequence[float], second: Sequence[float]) -> float:
 def post_process_grounding(
     texts: Sequence[str], image_sizes: Sequence[Sequence[int]], image_aspect_ratio: str = "pad", clip: bool = True
 ) -> list[Box | None]:
-    """[`box_to_pixels`] of each answer with its original image's `(height, width)`; `None` for an answer with no box."""
+    """[`box_to_pixels`] of each answer with its original image's `(height, width)`; `None` where it holds no box."""
     if len(texts) != len(image_sizes):
         raise ValueError(f"Got {len(texts)} texts but {len(image_sizes)} image sizes; give one (height, width) each.")
     return [box_to_pixels(text, size, image_aspect_ratio, clip) for text, size in zip(texts, image_sizes)]

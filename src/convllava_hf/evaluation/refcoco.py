@@ -77,7 +77,7 @@ def _parse_record(record: dict) -> GroundingSample:
 
 
 def grounding_prompt(processor, sentence: str) -> str:
-    """The original's grounding prompt, `<image>\\nPlease provide the bounding box ...: {sentence}.`, in the chat template."""
+    """The original's prompt, `<image>\\nPlease provide the bounding box ...: {sentence}.`, in the chat template."""
     content = [{"type": "image"}, {"type": "text", "text": REFERRING_EXPRESSION_PROMPT.format(sentence)}]
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
