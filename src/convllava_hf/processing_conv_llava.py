@@ -1,14 +1,15 @@
-"""Processor of ConvLLaVA: image processor + Llama tokenizer, tokenising around `<image>` exactly like the original."""
+"""Processor of ConvLLaVA: image processor + Llama tokenizer, on transformers' standard `ProcessorMixin` path."""
 
+import itertools
 import json
 import os
-from collections.abc import Iterator
+import re
 from pathlib import Path
 
-from transformers import AddedToken, BatchFeature, LlamaTokenizer
-from transformers.image_utils import ImageInput
-from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
-from transformers.tokenization_utils_base import BatchEncoding, PreTrainedTokenizerBase, TextInput
+from tokenizers import Tokenizer
+from transformers import AddedToken, LlamaTokenizer, TokenizersBackend
+from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .chat_template import VICUNA_V1_CHAT_TEMPLATE
@@ -20,15 +21,67 @@ SPIECE_UNDERLINE = "\u2581"
 logger = logging.get_logger(__name__)
 
 
+def original_exact_tokenizer(tokenizer: PreTrainedTokenizerBase, image_token: str = "<image>") -> TokenizersBackend:
+    """
+    A copy of a sentencepiece-style Llama tokenizer (BPE + Metaspace, e.g. Vicuna's) that tokenises whole prompts,
+    `image_token` included as one token, exactly as the original ConvLLaVA's `tokenizer_image_token` with the slow
+    `LlamaTokenizer` (`legacy=False`) did: the prompt split on `image_token`, each piece with its own dummy prefix.
+
+    So the text at the start and after every `image_token` gets sentencepiece's dummy prefix "▁", even when it starts
+    with a space (`"<image> Hi"` -> `<image>`, "▁", "▁Hi"); text after any other added token (`</s>`, ...) gets none,
+    and no piece gets one before an added token. This lives in the saved `tokenizer.json` normalizer (added tokens are
+    matched after it), so engines that tokenise whole prompts with the checkpoint's tokenizer, like vLLM, get the same
+    ids; `image_token * n` encodes to `n` image-token ids.
+    """
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre_tokenizer = backend.get("pre_tokenizer") or {}
+    if backend["model"]["type"] != "BPE" or pre_tokenizer.get("type") != "Metaspace" or backend.get("normalizer"):
+        raise ValueError(
+            "Expected a sentencepiece-style Llama tokenizer (BPE model, Metaspace pre-tokenizer, no normalizer), got "
+            f"model {backend['model']['type']}, pre-tokenizer {pre_tokenizer.get('type')}, normaliser "
+            f"{(backend.get('normalizer') or {}).get('type')}."
+        )
+    added = "|".join(re.escape(token["content"]) for token in backend["added_tokens"])
+    steps = [{"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE}]
+    if pre_tokenizer.get("prepend_scheme") != "never":  # the dummy prefix, as zero-width insertions
+        not_before_added = rf"(?!{added}|\z)"
+        steps += [
+            {"type": "Replace", "pattern": {"Regex": rf"\A{not_before_added}"}, "content": SPIECE_UNDERLINE},
+            {
+                "type": "Replace",
+                "pattern": {"Regex": rf"(?<={re.escape(image_token)}){not_before_added}"},
+                "content": SPIECE_UNDERLINE,
+            },
+        ]
+    backend["normalizer"] = {"type": "Sequence", "normalizers": steps}
+    backend["pre_tokenizer"] = None
+    for token in backend["added_tokens"]:
+        token["normalized"] = True  # matched after the normaliser, which needs to see them
+    return TokenizersBackend(
+        tokenizer_object=Tokenizer.from_str(json.dumps(backend)),
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+        unk_token=tokenizer.unk_token,
+        pad_token=tokenizer.pad_token,
+        padding_side=tokenizer.padding_side,
+        model_max_length=tokenizer.model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+
+
 class ConvLlavaProcessor(ProcessorMixin):
     r"""
-    Wraps a [`ConvLlavaImageProcessor`] and a Llama tokenizer that has an `<image>` special token.
+    Wraps a [`ConvLlavaImageProcessor`] and a Llama tokenizer that has an `<image>` special token, on transformers'
+    standard processor path (structured kwargs, `return_text_replacement_offsets`, `return_mm_token_type_ids`,
+    `apply_chat_template` with images, `return_assistant_tokens_mask`, truncation).
 
-    Each `<image>` in the text stands for the next image and becomes `(h / 64) * (w / 64)` image-token ids, `(h, w)`
-    being that image's entry in `image_sizes`. The ids equal the original ConvLLaVA's `tokenizer_image_token`: the
-    text is split on `<image>`, every piece is tokenised on its own (so each gets sentencepiece's dummy-prefix space,
-    e.g. `"USER: <image>\nQ"` gives `... ":", "▁", <image>..., "▁", "<0x0A>", ...`), and only the first piece keeps
-    its BOS. Batches are padded on the tokenizer's padding side (left for processors built by [`from_original`]).
+    Each `<image>` in the text stands for the next image and is replaced by the string `"<image>" * n`,
+    `n = (h / 64) * (w / 64)` for that image's entry `(h, w)` in `image_sizes`; the whole text is then tokenised at
+    once. With the tokenizer of [`from_original`] (saved by the converter) the ids equal the original ConvLLaVA's
+    (see [`original_exact_tokenizer`]). Batches are padded on the tokenizer's padding side (left for processors built
+    by [`from_original`]).
 
     Args:
         image_processor ([`ConvLlavaImageProcessor`]): the image processor.
@@ -57,92 +110,68 @@ class ConvLlavaProcessor(ProcessorMixin):
         cls, llm_dir: str | os.PathLike, vision_dir: str | os.PathLike, **image_processor_kwargs
     ) -> "ConvLlavaProcessor":
         """
-        Build the processor of an original ConvLLaVA checkpoint: the sentencepiece tokenizer of its LLM folder (plus
-        `<image>`) with left padding, and the resolution of its vision-tower folder's `preprocessor_config.json`.
+        Build the processor of an original ConvLLaVA checkpoint: the sentencepiece tokenizer of its LLM folder, made
+        exact on whole prompts by [`original_exact_tokenizer`] (plus `<image>`), with left padding, and the resolution
+        of its vision-tower folder's `preprocessor_config.json` (`crop_size` as a dict or an int).
         """
-        tokenizer = LlamaTokenizer.from_pretrained(llm_dir, padding_side="left")
+        tokenizer = original_exact_tokenizer(LlamaTokenizer.from_pretrained(llm_dir, padding_side="left"))
         if "resolution" not in image_processor_kwargs:
             crop = json.loads((Path(vision_dir) / "preprocessor_config.json").read_text())["crop_size"]
             image_processor_kwargs["resolution"] = crop["height"] if isinstance(crop, dict) else crop
         return cls(ConvLlavaImageProcessor(**image_processor_kwargs), tokenizer)
 
-    def __call__(
-        self,
-        images: ImageInput | None = None,
-        text: TextInput | list[TextInput] | None = None,
-        **kwargs: Unpack[ProcessingKwargs],
-    ) -> BatchFeature:
-        """
-        Process `images` (see [`ConvLlavaImageProcessor`]) and tokenise `text` with every `<image>` expanded.
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """The base layout, after refusing `text` that is neither a string nor a list of strings."""
+        if text is not None and not (
+            isinstance(text, str) or (isinstance(text, (list, tuple)) and all(isinstance(item, str) for item in text))
+        ):
+            raise ValueError(
+                f"`text` must be a string or a list of strings, got {type(text).__name__}: {str(text)[:80]!r}."
+            )
+        return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
-        Returns:
-            [`BatchFeature`] with `input_ids` and `attention_mask` (when `text` is given), `pixel_values` and
-            `image_sizes` (when `images` are given).
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """
-        images, text, _, _ = self.prepare_inputs_layout(images=images, text=text)
-        self.validate_inputs(images=images, text=text, **kwargs)
-        output_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
-        image_inputs = {} if images is None else self.image_processor(images, **output_kwargs["images_kwargs"])
-        text_inputs = {}
-        if text is not None:
-            sizes = image_inputs.get("image_sizes", [])
-            counts = iter(int(height) // VISION_STRIDE * (int(width) // VISION_STRIDE) for height, width in sizes)
-            text_inputs = self._tokenize(text, counts, **output_kwargs["text_kwargs"])
-        return_tensors = output_kwargs["text_kwargs"].get("return_tensors")
-        return BatchFeature({**text_inputs, **image_inputs}, tensor_type=return_tensors)
+        The base checks (as many images as `<image>` markers in total), plus: images given per text (a nested list)
+        must have one row per text, holding as many images as that text has markers.
+        """
+        super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        if text is None or not isinstance(images, (list, tuple)):
+            return
+        if not any(isinstance(row, (list, tuple)) for row in images):
+            return
+        rows = [len(row) if isinstance(row, (list, tuple)) else 1 for row in images]
+        markers = [sample.count(self.image_token) for sample in text]
+        if rows != markers:
+            raise ValueError(
+                f"Images given as a nested list need one row per text, each with as many images as the text has "
+                f"{self.image_token} markers: got rows of {rows} images for texts with {markers} markers."
+            )
 
-    def _tokenize(
-        self,
-        texts: list[str],
-        image_token_counts: Iterator[int],
-        add_special_tokens: bool = True,
-        truncation: bool | str | None = None,
-        padding: bool | str = False,
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        padding_side: str | None = None,
-        return_attention_mask: bool | None = None,
-        return_tensors: str | None = None,
-        **unused,
-    ) -> BatchEncoding:
-        """Encode each text with its images' token counts, then pad (`unused`: other tokenizer settings)."""
-        if truncation not in (None, False, "do_not_truncate"):
-            raise ValueError("ConvLlavaProcessor does not truncate: cutting a prompt could drop image tokens.")
-        input_ids = [self.encode_text(text, image_token_counts, add_special_tokens) for text in texts]
-        return self.tokenizer.pad(
-            {"input_ids": input_ids},
-            padding=padding,
-            max_length=max_length,
-            pad_to_multiple_of=pad_to_multiple_of,
-            padding_side=padding_side,
-            return_attention_mask=return_attention_mask,
-            return_tensors=return_tensors,
-        )
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """`"<image>" * n`: one image token per 64x64 pixels of the image's content size (`image_sizes`)."""
+        height, width = (int(side) for side in image_inputs["image_sizes"][image_idx])
+        return self.image_token * ((height // VISION_STRIDE) * (width // VISION_STRIDE))
 
-    def encode_text(self, text: str, image_token_counts: Iterator[int], add_special_tokens: bool = True) -> list[int]:
-        """
-        Token ids of one text as the original's `tokenizer_image_token` builds them, each `<image>` expanded to
-        `next(image_token_counts)` image-token ids (the counts of the text's images, in order).
-        """
-        pieces = [self._with_dummy_prefix(piece) for piece in text.split(self.image_token)]
-        chunks = self.tokenizer(pieces, add_special_tokens=add_special_tokens)["input_ids"]
-        offset = int(bool(chunks[0]) and chunks[0][0] == self.tokenizer.bos_token_id)
-        input_ids = chunks[0][:offset]
-        for index, chunk in enumerate(chunks):
-            if index:
-                input_ids += [self.image_token_id] * next(image_token_counts)
-            input_ids += chunk[offset:]
-        return input_ids
-
-    def _with_dummy_prefix(self, piece: str) -> str:
-        """
-        Match the slow sentencepiece tokenizer on pieces that start with whitespace: it always prepends the dummy
-        prefix ("▁" + " Hi" -> "▁", "▁Hi"), whereas the tokenizers Metaspace pre-tokenizer skips it when the text
-        already starts with one ("▁Hi"). Other pieces tokenise identically and are left alone.
-        """
-        if getattr(self.tokenizer, "add_prefix_space", False) and piece.startswith((" ", SPIECE_UNDERLINE)):
-            return SPIECE_UNDERLINE + piece
-        return piece
+    def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]) -> None:
+        """Refuse a truncation that cut into an image's tokens, naming the text, the image and the lengths."""
+        for index, (sample, input_ids) in enumerate(zip(text, text_inputs["input_ids"])):
+            input_ids = input_ids.tolist() if hasattr(input_ids, "tolist") else list(input_ids)
+            expected, kept = sample.count(self.image_token), input_ids.count(self.image_token_id)
+            if kept == expected:
+                continue
+            runs = [len(run) // len(self.image_token) for run in re.findall(f"(?:{re.escape(self.image_token)})+", sample)]
+            keeps_start = self.tokenizer.truncation_side == "right"
+            first_lost = kept if keeps_start else expected - kept - 1  # index among the text's image tokens
+            image = next(i for i, end in enumerate(itertools.accumulate(runs)) if end > first_lost)
+            full_ids = self.tokenizer(sample, add_special_tokens=self.tokenizer.bos_token_id in input_ids)["input_ids"]
+            positions = [i for i, token in enumerate(full_ids) if token == self.image_token_id]
+            needed = positions[-1] + 1 if keeps_start else len(full_ids) - positions[0]
+            raise ValueError(
+                f"Truncating text {index} to {len(input_ids)} tokens would cut into the tokens of its image {image} "
+                f"(counting from 0): the text is {len(full_ids)} tokens long, {expected} of them image tokens, and only "
+                f"{kept} of those would be kept. Use max_length >= {needed} or truncation=False."
+            )
 
     def _get_num_multimodal_tokens(self, image_sizes: list[list[int]] | None = None, **kwargs) -> MultiModalData:
         """
@@ -163,4 +192,4 @@ class ConvLlavaProcessor(ProcessorMixin):
         return MultiModalData(num_image_tokens=num_image_tokens, num_image_patches=[1] * len(image_sizes))
 
 
-__all__ = ["ConvLlavaProcessor"]
+__all__ = ["ConvLlavaProcessor", "original_exact_tokenizer"]

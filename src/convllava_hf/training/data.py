@@ -19,7 +19,6 @@ import PIL.Image
 import torch
 from torch.utils.data import Dataset
 
-from ..configuration_conv_llava import VISION_STRIDE
 from ..image_processing_conv_llava import open_image
 from ..processing_conv_llava import ConvLlavaProcessor
 
@@ -119,35 +118,21 @@ def encode_conversation(
 
     Returns:
         `input_ids` and `labels` (1-D, image markers expanded; labels are -100 except on the tokens of every assistant
-        reply and its closing end-of-sequence token), plus `pixel_values` and `image_sizes` when there are images.
+        reply and its closing end-of-sequence token, as the template's `{% generation %}` markers delimit them), plus
+        `pixel_values` and `image_sizes` when there are images.
     """
-    text = processor.apply_chat_template(messages)
-    inputs = processor(images=list(images) or None, text=text, return_tensors="pt")
-    input_ids = inputs["input_ids"][0]
-    image_token_counts = [int(h) // VISION_STRIDE * (int(w) // VISION_STRIDE) for h, w in inputs.get("image_sizes", [])]
-
-    def token_count(prefix: str) -> int:
-        """Tokens of a prefix of `text` that ends between two tokens, checked against the whole sequence."""
-        if not text.startswith(prefix):
-            raise ValueError(
-                "The chat template renders the first turns of a conversation differently on their own; cannot locate "
-                "the assistant replies."
-            )
-        prefix_ids = processor.encode_text(prefix, iter(image_token_counts), add_special_tokens=True)
-        if input_ids[: len(prefix_ids)].tolist() != prefix_ids:
-            raise ValueError(f"Tokenising {prefix[-40:]!r} alone does not give a prefix of the conversation's tokens.")
-        return len(prefix_ids)
-
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    for end, message in enumerate(messages, start=1):
-        if message["role"] != "assistant":
-            continue
-        prompt = processor.apply_chat_template(messages[: end - 1], add_generation_prompt=True)
-        reply_start = token_count(prompt.rstrip())
-        reply_end = token_count(processor.apply_chat_template(messages[:end]))
-        if input_ids[reply_end - 1] != processor.tokenizer.eos_token_id:
-            raise ValueError("The chat template must close every assistant reply with the tokenizer's eos token.")
-        labels[reply_start:reply_end] = input_ids[reply_start:reply_end]
+    inputs = processor.apply_chat_template(
+        messages,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        return_assistant_tokens_mask=True,
+        processor_kwargs={"images": list(images)} if images else None,
+    )
+    input_ids, assistant_mask = inputs["input_ids"][0], inputs["assistant_masks"][0].bool()
+    if any(message["role"] == "assistant" for message in messages) and not assistant_mask.any():
+        raise ValueError("The chat template marks no assistant reply; it needs {% generation %} markers around them.")
+    labels = torch.where(assistant_mask, input_ids, IGNORE_INDEX)
     labels[input_ids == processor.image_token_id] = IGNORE_INDEX  # an <image> inside a reply is input, not target
     sample = {"input_ids": input_ids, "labels": labels}
     if images:
