@@ -80,7 +80,7 @@ CASES = {
     "two_images_pad": Case("Compare the two pictures.", [WIDE, TALL], "pad"),
     "two_images_preserve": Case("Compare the two pictures.", [WIDE, TALL], "preserve"),
     "one_image_pad": Case("Where is the red circle?", [SQUARE], "pad"),
-    "one_image_preserve": Case("Where is the red circle?", [SQUARE], "preserve"),
+    "wide_image_preserve": Case("What is shown in this image?", [WIDE], "preserve"),
 }
 
 
@@ -240,6 +240,7 @@ def test_vllm_serve_answers_openai_chat_with_base64_image_equal_to_offline(
         sys.executable, "-c", VLLM_SERVE, "serve", str(checkpoint), "--host", "127.0.0.1",
         "--port", str(port), "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
         "--kv-cache-memory-bytes", str(ENGINE_ARGS["kv_cache_memory_bytes"]),
+        "--mm-processor-kwargs", json.dumps({"image_aspect_ratio": "preserve"}),
     ]  # fmt: skip
     log = tmp_path / "vllm_serve.log"
     with log.open("w") as log_file:
@@ -247,9 +248,9 @@ def test_vllm_serve_answers_openai_chat_with_base64_image_equal_to_offline(
     try:
         wait_until_healthy(server, f"http://127.0.0.1:{port}/health", log)
         buffer = io.BytesIO()
-        SQUARE.save(buffer, format="PNG")
+        WIDE.save(buffer, format="PNG")
         image_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-        case = CASES["one_image_pad"]
+        case = CASES["wide_image_preserve"]  # the server's --mm-processor-kwargs selects "preserve"
         reply = post_json(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             {
@@ -269,5 +270,5 @@ def test_vllm_serve_answers_openai_chat_with_base64_image_equal_to_offline(
 
     (offline,) = llm.generate(vllm_request(processor, case), greedy(), use_tqdm=False)
     choice = reply["choices"][0]
-    assert (reply["prompt_token_ids"], choice["token_ids"]) == ids_of(offline) == references["one_image_pad"]
+    assert (reply["prompt_token_ids"], choice["token_ids"]) == ids_of(offline) == references["wide_image_preserve"]
     assert choice["message"]["content"] == offline.outputs[0].text
