@@ -6,6 +6,18 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, LlavaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+#: Version of this package's remote-code modules, written into every saved config as `convllava_code_version`. Bump it
+#: when a saved folder needs module files newer than those of earlier versions: older modules then refuse it.
+CONVLLAVA_CODE_VERSION = 1
+
+#: The model Auto classes of a folder holding `modeling_conv_llava.py` (transformers' `auto_map`), mapped as LLaVA is.
+MODEL_AUTO_MAP = {
+    "AutoModel": "modeling_conv_llava.ConvLlavaModel",
+    "AutoModelForImageTextToText": "modeling_conv_llava.ConvLlavaForConditionalGeneration",
+    "AutoModelForMultimodalLM": "modeling_conv_llava.ConvLlavaForConditionalGeneration",
+    "AutoModelForPreTraining": "modeling_conv_llava.ConvLlavaForConditionalGeneration",
+}
+
 #: Total stride of the five-stage ConvNeXt (stem 4, four stride-2 downsamplings): one visual token per 64x64 pixels.
 VISION_STRIDE = 64
 
@@ -61,6 +73,9 @@ class ConvLlavaConfig(LlavaConfig):
             Only `"full"`: a ConvNeXt has no CLS token to drop.
         multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
             Whether the projector's linear layers have biases.
+        convllava_code_version (`int`, *optional*):
+            Version of the ConvLLaVA code that wrote the config (`CONVLLAVA_CODE_VERSION`); a config written by newer
+            code than this module is refused. Always the current version once loaded, so saving records it.
 
     Example:
 
@@ -90,12 +105,32 @@ class ConvLlavaConfig(LlavaConfig):
     vision_feature_layer: int = -1
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
+    convllava_code_version: int = CONVLLAVA_CODE_VERSION
 
     def __post_init__(self, **kwargs):
+        if self.convllava_code_version > CONVLLAVA_CODE_VERSION:
+            raise ValueError(
+                f"This ConvLLaVA config was written by ConvLLaVA code version {self.convllava_code_version}, newer "
+                f"than the code loading it ({__file__}, version {CONVLLAVA_CODE_VERSION}). With the convllava-hf "
+                "package: upgrade it (pip install -U convllava-hf). With trust_remote_code=True: the folder's *.py "
+                "modules are stale; re-run `convllava-add-remote-code FOLDER` with the convllava-hf that wrote it "
+                "and upload the *.py files with the config."
+            )
+        self.convllava_code_version = CONVLLAVA_CODE_VERSION
         super().__post_init__(**kwargs)
         if self.image_seq_length is None:
             self.validate_architecture()  # the derivation needs a valid vision_feature_layer
             self.image_seq_length = (self.image_resolution // self.vision_stride) ** 2
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """
+        Save as transformers does. When `auto_map` already maps one Auto class to `modeling_conv_llava.py` (a model
+        saved with its remote code), every class of `MODEL_AUTO_MAP` is mapped, so the folder loads with each of them.
+        """
+        auto_map = getattr(self, "auto_map", None) or {}
+        if any(str(reference).startswith("modeling_conv_llava.") for reference in auto_map.values()):
+            self.auto_map = {**auto_map, **MODEL_AUTO_MAP}
+        super().save_pretrained(save_directory, push_to_hub, **kwargs)
 
     @classmethod
     def for_resolution(cls, resolution: int, **kwargs) -> "ConvLlavaConfig":

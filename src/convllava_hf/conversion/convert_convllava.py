@@ -11,6 +11,7 @@ import torch
 from huggingface_hub import HfApi
 from transformers.utils.hub import convert_file_size_to_int
 
+from ..remote_code import add_remote_code
 from .checkpoint_reader import CheckpointReader
 from .config_conversion import convert_configs
 from .errors import ConversionError
@@ -61,6 +62,7 @@ def convert_checkpoint(
     Convert an original ConvLLaVA checkpoint into `output` (written in a sibling temp folder and moved into place when
     complete). `llm` / `vision` are local folders or Hub ids; `vision` defaults to where the original looks (the
     LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to the stored LLM dtype.
+    The folder carries this package's module files (`auto_map`), so it also loads with `trust_remote_code=True`.
     Tensors are streamed one at a time, so memory stays far below the size of the model.
     """
     output = Path(output)
@@ -104,6 +106,7 @@ def convert_checkpoint(
         conversion.config.save_pretrained(staging)
         generation_config.save_pretrained(staging)
         processor.save_pretrained(staging)
+        add_remote_code(staging)  # the model's modules and auto_map: loads with trust_remote_code=True alone
         (staging / "README.md").write_text(card, encoding="utf-8")
     return output
 

@@ -63,18 +63,28 @@ def benchmark_section(resolution: int, sources: list[str]) -> str:
     )
 
 
-def usage_snippet(dtype: str) -> str:
-    """A copy-paste example: load, chat template, generate."""
+def usage_snippet(dtype: str, trust_remote_code: bool = False) -> str:
+    """
+    A copy-paste example: load, chat template, generate. With `convllava-hf` installed (`import convllava_hf`), or,
+    when `trust_remote_code`, with the module files that the folder carries and no package.
+    """
+    if trust_remote_code:
+        package_import, remote_code = "", ", trust_remote_code=True"
+    else:
+        package_import = (
+            "\nimport convllava_hf  # registers ConvLLaVA with the Auto classes (pip install convllava-hf)\n"
+        )
+        remote_code = ""
     return f"""```python
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
-
-import convllava_hf  # registers ConvLLaVA with the Auto classes (pip install convllava-hf)
-
+{package_import}
 model_id = "{MODEL_ID_PLACEHOLDER}"
-processor = AutoProcessor.from_pretrained(model_id)
-model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch.{dtype}, device_map="auto")
+processor = AutoProcessor.from_pretrained(model_id{remote_code})
+model = AutoModelForImageTextToText.from_pretrained(
+    model_id, dtype=torch.{dtype}, device_map="auto"{remote_code}
+)
 
 question = "What is shown in this image?"
 messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": question}}]}}]
@@ -113,7 +123,16 @@ Converted from: {", ".join(f"`{source}`" for source in sources)}.
 
 ## Usage
 
+There are two ways to load this folder, with the same results. With the `convllava-hf` package installed
+(`pip install convllava-hf`):
+
 {usage_snippet(dtype)}
+
+Or without it: the folder carries its own code (the `*.py` files named in the `auto_map` of `config.json` and
+`processor_config.json`), which transformers runs when you pass `trust_remote_code=True`; read those files first, as
+for any remote code. `pipeline("image-text-to-text", model=model_id, trust_remote_code=True)` works too.
+
+{usage_snippet(dtype, trust_remote_code=True)}
 
 Each `<image>` (one per image entry of a message) becomes `(height / 64) * (width / 64)` image tokens; images are
 padded to a square with the mean colour and resized to {resolution}x{resolution}, as in the original. Prompts follow
