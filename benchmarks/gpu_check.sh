@@ -3,8 +3,11 @@
 # ConvLLaVA-1536 in bf16 and nf4 vs LLaVA-1.5 / LLaVA-NeXT shapes. Installs nothing: it runs this checkout's src/
 # with the Python environment at hand, $PYTHON or python (torch, transformers, accelerate; bitsandbytes for 4-bit).
 #
-#   bash benchmarks/gpu_check.sh OUTPUT_DIR            # -> OUTPUT_DIR/gpu_check.json
-#   bash benchmarks/gpu_check.sh OUTPUT_DIR --tiny     # CPU smoke test -> OUTPUT_DIR/gpu_check_tiny.json
+# Then vllm_check.py: requests/s and time to first token at 1536 px, vLLM vs this package's batched generate, with
+# $VLLM_PYTHON (default: the same Python), skipped with a note where that Python has no vLLM.
+#
+#   bash benchmarks/gpu_check.sh OUTPUT_DIR            # -> OUTPUT_DIR/gpu_check.json, OUTPUT_DIR/vllm_check.json
+#   bash benchmarks/gpu_check.sh OUTPUT_DIR --tiny     # CPU smoke test -> OUTPUT_DIR/gpu_check_tiny.json, ...
 set -euo pipefail
 if [[ $# -lt 1 || "$1" == -* ]]; then
     echo "usage: $0 OUTPUT_DIR [--tiny] [--decode-tokens N] [--repeats N]" >&2
@@ -13,4 +16,9 @@ fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PYTHONPATH="$here/../src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1
-exec "${PYTHON:-python}" "$here/gpu_check.py" "$@"
+"${PYTHON:-python}" "$here/gpu_check.py" "$@"
+vllm_python="${VLLM_PYTHON:-${PYTHON:-python}}"
+if "$vllm_python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"; then
+    exec "$vllm_python" "$here/vllm_check.py" "$@"
+fi
+echo "vllm_check.py skipped: vLLM is not installed for $vllm_python (set VLLM_PYTHON to a Python that has it)"

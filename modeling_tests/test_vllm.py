@@ -187,6 +187,43 @@ def test_images_not_matching_markers_get_the_processor_error(llm, processor, mar
         llm.generate({"prompt": prompt, "multi_modal_data": {"image": images}}, greedy(), use_tqdm=False)
 
 
+def test_remote_code_alone_runs_in_the_transformers_backend(checkpoint, processor, references, tmp_path):
+    """`LLM(folder, trust_remote_code=True, model_impl="transformers")` where `convllava_hf` cannot be imported."""
+    names = ["text_only", "two_images_pad", "two_images_preserve"]
+    requests = []
+    for name in names:
+        case = CASES[name]
+        paths = [str(tmp_path / f"{name}_{index}.png") for index in range(len(case.images))]
+        for image, path in zip(case.images, paths):
+            image.save(path)
+        requests.append({"prompt": prompt_of(processor, case), "images": paths, "mode": case.mode})
+    spec = {"folder": str(checkpoint), "engine_args": ENGINE_ARGS, "max_tokens": MAX_NEW_TOKENS, "requests": requests}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    worker = Path(__file__).with_name("vllm_remote_code_worker.py")
+    finished = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path / "spec.json"), str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert {name: tuple(result) for name, result in zip(names, results)} == {name: references[name] for name in names}
+
+
+def test_vllm_check_tiny_reports_generate_and_vllm_throughput(tmp_path):
+    """`benchmarks/vllm_check.py --tiny` (run by `gpu_check.sh` after gpu_check.py) runs both engines end to end."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "vllm_check.py"
+    if not script.exists():
+        pytest.skip("benchmarks/ is not part of this checkout")
+    finished = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--tiny"], capture_output=True, text=True, timeout=600
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = json.loads((tmp_path / "vllm_check_tiny.json").read_text())
+    assert report["visual_tokens_per_request"] == 16
+    for engine in ("generate", "vllm"):
+        assert report[engine]["requests_per_s"] > 0 and report[engine]["ttft_ms"] > 0
+
+
 def test_importing_the_package_imports_nothing_from_vllm():
     code = "import sys, convllava_hf; assert not [m for m in sys.modules if m.split('.')[0] == 'vllm'], 'vllm'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
