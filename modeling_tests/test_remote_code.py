@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.models.auto import modeling_auto
 
 from convllava_hf import ConvLlavaConfig, ConvLlavaProcessor
 from convllava_hf.configuration_conv_llava import CONVLLAVA_CODE_VERSION
@@ -22,7 +23,7 @@ from convllava_hf.conversion.convert_convllava import convert_checkpoint
 from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
 from convllava_hf.remote_code import main as add_remote_code_main
 from remote_code_worker import run_folder
-from tiny_models import FIXTURE_DIR, tiny_model
+from tiny_models import FIXTURE_DIR, tiny_config, tiny_model
 
 WORKER = Path(__file__).resolve().parent / "remote_code_worker.py"
 ORIGINAL = load_file(FIXTURE_DIR / "reference" / "reference.safetensors")
@@ -177,6 +178,34 @@ def with_package(folders, upgraded_old_folder) -> tuple[dict, dict]:
         for name, folder in (("converted", folders["converted"]), ("saved", folders["saved"]), ("old", folders["old"]))
     }
     return results, tensors
+
+
+def test_the_package_registers_every_auto_class_that_transformers_maps_llava_to(folders):
+    llava_mappings = {
+        name.removesuffix("_NAMES"): names["llava"]
+        for name, names in vars(modeling_auto).items()
+        if name.endswith("_MAPPING_NAMES")
+        and isinstance(names, dict)
+        and "llava" in names
+        and name != "CONFIG_MAPPING_NAMES"
+    }
+    auto_classes = {
+        name: auto_class
+        for name, auto_class in vars(modeling_auto).items()
+        if name.startswith("AutoModel") and getattr(auto_class, "_model_mapping", None) is not None
+    }
+    config = json.loads((folders["saved"] / "config.json").read_text())
+    registered = {}
+    for mapping_name, llava_class in llava_mappings.items():
+        auto_class = next(
+            auto for auto in auto_classes.values() if auto._model_mapping is getattr(modeling_auto, mapping_name)
+        )
+        model = auto_class.from_config(tiny_config())
+        registered[auto_class.__name__] = type(model).__name__
+        assert type(model).__name__ == llava_class.replace("Llava", "ConvLlava"), auto_class.__name__
+        assert config["auto_map"][auto_class.__name__] == f"modeling_conv_llava.{type(model).__name__}"
+    assert set(registered) | {"AutoConfig"} == set(config["auto_map"])
+    assert "AutoModelForMultimodalLM" in registered
 
 
 def test_the_worker_cannot_import_the_package(without_package):
