@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 import convllava_hf
 from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
@@ -108,6 +108,14 @@ def test_prompt_pixel_values_and_input_ids_match_the_original(loaded, case):
     if case.get("image"):
         reference = REFERENCE[f"{case['name']}.pixel_values"]
         assert (inputs["pixel_values"] - reference).abs().max().item() <= PIXEL_TOLERANCE
+
+
+@pytest.mark.parametrize("case", [*SINGLE_CASES, *BATCH_CASE["rows"]], ids=lambda case: case["prompt"][-12:])
+def test_saved_tokenizer_alone_gives_the_original_ids_on_whole_prompts(converted, case):
+    """What vLLM relies on: the checkpoint's tokenizer, on the unexpanded prompt, gives one <image> id per -200."""
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    assert tokenizer(case["prompt"])["input_ids"] == [IMAGE_TOKEN_ID if i == -200 else i for i in case["input_ids"]]
+    assert tokenizer("<image>" * 16, add_special_tokens=False)["input_ids"] == [IMAGE_TOKEN_ID] * 16
 
 
 @pytest.mark.parametrize("case", SINGLE_CASES, ids=lambda case: case["name"])

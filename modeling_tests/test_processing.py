@@ -1,84 +1,32 @@
 """ConvLlavaProcessor: the original's prompts and token ids, chat template, batching, save/load and bad inputs."""
 
 import json
-import re
+import shutil
 
 import PIL.Image
 import pytest
-import sentencepiece
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sentencepiece import sentencepiece_model_pb2
-from transformers import AutoProcessor, LlamaTokenizer
+from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizer
 
+from convllava_hf.conversion.processor_building import build_processor
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
-from tiny_models import FIXTURE_DIR
-
-IMAGES = FIXTURE_DIR / "images"
-IMAGE_TOKEN_ID = 800
-TOKENS_PER_IMAGE = 16  # 256x256 canvas, stride 64
-SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+from original_tokenization import (
+    CASES,
+    IMAGE_TOKEN_ID,
+    IMAGES,
+    ROWS,
+    TOKENS_PER_IMAGE,
+    OriginalSlowTokenizer,
+    expanded,
+    original_input_ids,
+    original_vicuna_prompt,
+    tokenizer_image_token,
+    user_message,
 )
-CASES = json.loads((FIXTURE_DIR / "reference" / "cases.json").read_text())["cases"]
-ROWS = {case["name"]: case for case in CASES[:4]} | {f"case4.row{i}": row for i, row in enumerate(CASES[4]["rows"])}
-
-
-class OriginalSlowTokenizer:
-    """transformers 4.39's slow `LlamaTokenizer` (legacy=False, add_prefix_space=True), rebuilt on sentencepiece."""
-
-    specials = ("<unk>", "<s>", "</s>")
-
-    def __init__(self):
-        proto = sentencepiece_model_pb2.ModelProto.FromString((FIXTURE_DIR / "llm" / "tokenizer.model").read_bytes())
-        proto.normalizer_spec.add_dummy_prefix = False
-        self.sp = sentencepiece.SentencePieceProcessor()
-        self.sp.LoadFromSerializedProto(proto.SerializeToString())
-        self.unk_length = len(self.sp.encode("<unk>", out_type=str))
-
-    def _tokenize(self, text: str) -> list[str]:
-        if not text.startswith(("\u2581", " ")):
-            return self.sp.encode(text, out_type=str)
-        return self.sp.encode("<unk>" + text, out_type=str)[self.unk_length :]
-
-    def __call__(self, text: str) -> list[int]:
-        tokens = []
-        if text:
-            special = "(" + "|".join(map(re.escape, self.specials)) + ")"
-            pieces = re.split(special, "\u2581" + text.replace("\u2581", " "))
-            tokens = [t for p in pieces if p for t in ([p] if p in self.specials else self._tokenize(p))]
-            if len(tokens) > 1 and tokens[0] == "\u2581" and tokens[1] in self.specials:
-                tokens = tokens[1:]
-        return [1] + [self.sp.piece_to_id(token) for token in tokens]
-
-
-def original_input_ids(prompt: str, tokenizer: OriginalSlowTokenizer, image_token_counts: list[int]) -> list[int]:
-    """The original `tokenizer_image_token`, then each -200 expanded to that image's tokens."""
-    counts = iter(image_token_counts)
-    input_ids = [1]
-    for index, chunk in enumerate(tokenizer(piece) for piece in prompt.split("<image>")):
-        input_ids += [IMAGE_TOKEN_ID] * next(counts) if index else []
-        input_ids += chunk[1:]
-    return input_ids
-
-
-def original_vicuna_prompt(turns: list[tuple[str, str | None]], system: str = SYSTEM) -> str:
-    """The original `conv_templates["v1"].get_prompt()` (sep_style TWO, seps " " and "</s>")."""
-    prompt = system + " "
-    for index, (role, message) in enumerate(turns):
-        prompt += f"{role}: {message}{(' ', '</s>')[index % 2]}" if message else f"{role}:"
-    return prompt
-
-
-def expanded(input_ids: list[int]) -> list[int]:
-    return [token for i in input_ids for token in ([IMAGE_TOKEN_ID] * TOKENS_PER_IMAGE if i == -200 else [i])]
-
-
-def user_message(question: str, image_count: int) -> dict:
-    return {"role": "user", "content": [{"type": "image"}] * image_count + [{"type": "text", "text": question}]}
+from tiny_models import FIXTURE_DIR
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +35,15 @@ def processor() -> ConvLlavaProcessor:
 
 
 @pytest.fixture(scope="module")
-def reloaded(processor, tmp_path_factory) -> ConvLlavaProcessor:
+def saved(processor, tmp_path_factory):
     folder = tmp_path_factory.mktemp("processor")
     processor.save_pretrained(folder)
-    return AutoProcessor.from_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reloaded(saved) -> ConvLlavaProcessor:
+    return AutoProcessor.from_pretrained(saved)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +53,18 @@ def original_tokenizer() -> OriginalSlowTokenizer:
 
 def open_images(row: dict) -> list[PIL.Image.Image] | None:
     return [PIL.Image.open(IMAGES / row["image"])] if row["image"] else None
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_hand_written_original_tokenizer_reproduces_the_reference_ids(original_tokenizer, name):
+    assert tokenizer_image_token(ROWS[name]["prompt"], original_tokenizer) == ROWS[name]["input_ids"]
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_saved_tokenizer_alone_gives_the_original_ids_on_whole_prompts(saved, name):
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    expected = [IMAGE_TOKEN_ID if token == -200 else token for token in ROWS[name]["input_ids"]]
+    assert tokenizer(ROWS[name]["prompt"])["input_ids"] == expected
 
 
 @pytest.mark.parametrize("name", ROWS)
@@ -163,18 +128,24 @@ FRAGMENTS = [
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fragments=st.lists(st.sampled_from(FRAGMENTS), max_size=10))
 def test_tokenization_matches_the_original_slow_tokenizer_on_any_text(
-    processor, reloaded, original_tokenizer, fragments
+    processor, reloaded, saved, original_tokenizer, fragments
 ):
     text = "".join(fragments)
     images = [PIL.Image.new("RGB", (8, 8))] * text.count("<image>") or None
-    expected = original_input_ids(text, original_tokenizer, [TOKENS_PER_IMAGE] * text.count("<image>"))
+    counts = [TOKENS_PER_IMAGE] * text.count("<image>")
+    expected = original_input_ids(text, original_tokenizer, counts, IMAGE_TOKEN_ID)
     assert processor(images=images, text=text)["input_ids"] == [expected]
     assert reloaded(images=images, text=text)["input_ids"] == [expected]
+    # the saved tokenizer alone, on the unexpanded text (as vLLM tokenises a prompt): one id per <image>
+    tokenizer = reloaded.tokenizer
+    assert tokenizer(text)["input_ids"] == original_input_ids(
+        text, original_tokenizer, [1] * len(counts), IMAGE_TOKEN_ID
+    )
 
 
 def test_text_after_an_image_starting_with_a_space_keeps_the_dummy_prefix(processor, original_tokenizer):
     text = "USER: <image> What is it?"  # sentencepiece: "▁", "▁What" after the image, not just "▁What"
-    expected = original_input_ids(text, original_tokenizer, [TOKENS_PER_IMAGE])
+    expected = original_input_ids(text, original_tokenizer, [TOKENS_PER_IMAGE], IMAGE_TOKEN_ID)
     assert processor(images=[PIL.Image.new("RGB", (8, 8))], text=text)["input_ids"] == [expected]
     after_image = expected[expected.index(IMAGE_TOKEN_ID) + TOKENS_PER_IMAGE :]
     assert after_image[0] == processor.tokenizer.convert_tokens_to_ids("\u2581")
@@ -204,7 +175,7 @@ def test_multi_turn_multi_image_chat_matches_the_original_format_and_ids(process
     names = ("landscape_320x200.png", "portrait_150x260.png", "square_256x256.png")
     images = [PIL.Image.open(IMAGES / name) for name in names]
     input_ids = processor(images=images, text=prompt)["input_ids"][0]
-    assert input_ids == original_input_ids(prompt, original_tokenizer, [TOKENS_PER_IMAGE] * 3)
+    assert input_ids == original_input_ids(prompt, original_tokenizer, [TOKENS_PER_IMAGE] * 3, IMAGE_TOKEN_ID)
     assert input_ids.count(IMAGE_TOKEN_ID) == 3 * TOKENS_PER_IMAGE
 
 
@@ -258,10 +229,30 @@ def test_save_and_reload_with_auto_processor(processor, reloaded, tmp_path):
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
 
 
-def test_decode_and_batch_decode_pass_through_to_the_tokenizer(processor):
-    input_ids = processor(text="USER: Hello world")["input_ids"]
-    assert processor.batch_decode(input_ids, skip_special_tokens=True) == ["USER: Hello world"]
-    assert processor.decode(input_ids[0]) == processor.tokenizer.decode(input_ids[0])
+# case2's new tokens hold an invalid UTF-8 byte run around a valid byte 0x02: sentencepiece keeps the 0x02, the
+# tokenizers ByteFallback decoder (as every transformers Llama tokenizer) replaces each byte of the run by U+FFFD.
+@pytest.mark.parametrize("name", ["case0", "case1", "case3"])
+def test_decode_reproduces_the_original_generated_text(processor, name):
+    row = ROWS[name]
+    assert processor.decode(row["generated_ids"], skip_special_tokens=True) == row["generated_text"]
+    assert processor.batch_decode([row["generated_ids"]] * 2, skip_special_tokens=True) == [row["generated_text"]] * 2
+
+
+def test_decode_keeps_special_tokens_unless_asked_to_skip_them(processor):
+    input_ids = processor(text="USER: Hello world</s>")["input_ids"][0]
+    assert processor.decode(input_ids) == "<s> USER: Hello world</s>"
+    assert processor.decode(input_ids, skip_special_tokens=True) == "USER: Hello world"
+
+
+@pytest.mark.parametrize("crop_size", [192, {"height": 192, "width": 192}])
+def test_from_original_reads_the_resolution_from_crop_size_as_an_int_or_a_dict(tmp_path, crop_size):
+    vision = shutil.copytree(FIXTURE_DIR / "vision", tmp_path / "vision")
+    config = json.loads((vision / "preprocessor_config.json").read_text())
+    (vision / "preprocessor_config.json").write_text(json.dumps({**config, "crop_size": crop_size}))
+    processor = ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", vision)
+    assert processor.image_processor.resolution == 192
+    outputs = processor(images=PIL.Image.new("RGB", (300, 100)), text="<image>")
+    assert outputs["image_sizes"] == [[192, 192]] and outputs["input_ids"][0].count(IMAGE_TOKEN_ID) == 9
 
 
 @pytest.mark.parametrize(
@@ -285,3 +276,34 @@ def test_image_token_is_added_after_the_vocabulary_when_the_tokenizer_lacks_it(p
     assert ConvLlavaProcessor(processor.image_processor, tokenizer).image_token_id == IMAGE_TOKEN_ID
     assert tokenizer.convert_ids_to_tokens(IMAGE_TOKEN_ID) == "<image>"
     assert tokenizer.decode([IMAGE_TOKEN_ID, 273], skip_special_tokens=True) == tokenizer.decode([273])
+
+
+def test_a_folder_saved_with_a_plain_llama_tokenizer_still_gives_the_original_ids(
+    processor, original_tokenizer, tmp_path
+):
+    """Folders written before the whole-prompt tokenizer hold Vicuna's `LlamaTokenizer` (legacy=False) plus <image>."""
+    processor.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).unlink()
+    old_tokenizer = LlamaTokenizer.from_pretrained(FIXTURE_DIR / "llm", padding_side="left")
+    old_tokenizer.add_tokens(["<image>"], special_tokens=True)
+    old_tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "LlamaTokenizer"
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    text = "USER: <image> What?</s>USER: <image>\nAnd? ASSISTANT:"
+    images = [PIL.Image.new("RGB", (8, 8))] * 2
+    expected = original_input_ids(text, original_tokenizer, [TOKENS_PER_IMAGE] * 2, IMAGE_TOKEN_ID)
+    assert loaded(images=images, text=text)["input_ids"] == [expected]
+    assert old_tokenizer(text.replace("<image>", "<image>" * 16))["input_ids"] != expected  # what it fixes
+
+
+def test_converter_warns_when_the_tokenizer_cannot_reproduce_the_original_prefix(tmp_path, caplog):
+    llm = shutil.copytree(FIXTURE_DIR / "llm", tmp_path / "llm")
+    config = json.loads((llm / "tokenizer_config.json").read_text())
+    (llm / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": True}))
+    with caplog.at_level("WARNING", logger="convllava_hf.conversion.processor_building"):
+        build_processor(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", {}, IMAGE_TOKEN_ID)
+        assert not caplog.records
+        processor = build_processor(llm, FIXTURE_DIR / "vision", {}, IMAGE_TOKEN_ID)
+    assert "not a legacy-free sentencepiece Llama tokenizer" in caplog.text and str(llm) in caplog.text
+    assert processor.image_token_id == IMAGE_TOKEN_ID

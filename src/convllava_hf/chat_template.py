@@ -3,7 +3,7 @@
 VICUNA_V1_CHAT_TEMPLATE = r"""{#- Vicuna v1, the conversation format of the original ConvLLaVA (conv_templates["v1"]: sep_style TWO, sep " ",
     sep2 "</s>"): "<system> USER: <image>\n<question> ASSISTANT: <answer></s>USER: ... ASSISTANT:".
     The images of a message come first, one "<image>\n" each, then its text parts joined by spaces. Each assistant
-    reply, with the space before it and its "</s>", is inside {% generation %} markers (for `return_assistant_tokens_mask`). -#}
+    reply, with the space before it and its "</s>", is inside generation markers (`return_assistant_tokens_mask`). -#}
 {%- set ns = namespace(system="A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.") -%}
 {%- if messages and messages[0]['role'] == 'system' -%}
     {%- if messages[0]['content'] is string -%}

@@ -21,44 +21,54 @@ SPIECE_UNDERLINE = "\u2581"
 logger = logging.get_logger(__name__)
 
 
-def original_exact_tokenizer(tokenizer: PreTrainedTokenizerBase, image_token: str = "<image>") -> TokenizersBackend:
+#: Call defaults set when a tokenizer was created, carried over to its whole-prompt copy.
+CALL_DEFAULTS = ("padding", "max_length", "truncation", "pad_to_multiple_of", "truncation_side")
+
+
+def original_exact_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, image_token: str = "<image>"
+) -> TokenizersBackend | None:
     """
-    A copy of a sentencepiece-style Llama tokenizer (BPE + Metaspace, e.g. Vicuna's) that tokenises whole prompts,
-    `image_token` included as one token, exactly as the original ConvLLaVA's `tokenizer_image_token` with the slow
-    `LlamaTokenizer` (`legacy=False`) did: the prompt split on `image_token`, each piece with its own dummy prefix.
+    A copy of a sentencepiece-style Llama tokenizer (BPE + Metaspace, no legacy prefixing, e.g. Vicuna's) that
+    tokenises whole prompts, `image_token` included as one token, exactly as the original ConvLLaVA's
+    `tokenizer_image_token` did with the slow `LlamaTokenizer` (`legacy=False`): the prompt split on `image_token`, each
+    piece tokenised with its own dummy prefix. `None` for any other kind of tokenizer.
 
     So the text at the start and after every `image_token` gets sentencepiece's dummy prefix "▁", even when it starts
     with a space (`"<image> Hi"` -> `<image>`, "▁", "▁Hi"); text after any other added token (`</s>`, ...) gets none,
-    and no piece gets one before an added token. This lives in the saved `tokenizer.json` normalizer (added tokens are
+    and nothing gets one right before an added token. This lives in the `tokenizer.json` normalizer (added tokens are
     matched after it), so engines that tokenise whole prompts with the checkpoint's tokenizer, like vLLM, get the same
     ids; `image_token * n` encodes to `n` image-token ids.
     """
-    if image_token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     pre_tokenizer = backend.get("pre_tokenizer") or {}
-    if backend["model"]["type"] != "BPE" or pre_tokenizer.get("type") != "Metaspace" or backend.get("normalizer"):
-        raise ValueError(
-            "Expected a sentencepiece-style Llama tokenizer (BPE model, Metaspace pre-tokenizer, no normalizer), got "
-            f"model {backend['model']['type']}, pre-tokenizer {pre_tokenizer.get('type')}, normaliser "
-            f"{(backend.get('normalizer') or {}).get('type')}."
-        )
+    if (
+        backend["model"]["type"] != "BPE"
+        or backend.get("normalizer")
+        or pre_tokenizer.get("type") != "Metaspace"
+        or pre_tokenizer.get("prepend_scheme") != "first"
+    ):
+        return None
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+        backend = json.loads(tokenizer.backend_tokenizer.to_str())
     added = "|".join(re.escape(token["content"]) for token in backend["added_tokens"])
-    steps = [{"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE}]
-    if pre_tokenizer.get("prepend_scheme") != "never":  # the dummy prefix, as zero-width insertions
-        not_before_added = rf"(?!{added}|\z)"
-        steps += [
+    not_before_added = rf"(?!{added}|\z)"
+    backend["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [  # spaces as "▁", then the dummy prefixes as zero-width insertions
+            {"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE},
             {"type": "Replace", "pattern": {"Regex": rf"\A{not_before_added}"}, "content": SPIECE_UNDERLINE},
             {
                 "type": "Replace",
                 "pattern": {"Regex": rf"(?<={re.escape(image_token)}){not_before_added}"},
                 "content": SPIECE_UNDERLINE,
             },
-        ]
-    backend["normalizer"] = {"type": "Sequence", "normalizers": steps}
+        ],
+    }
     backend["pre_tokenizer"] = None
     for token in backend["added_tokens"]:
-        token["normalized"] = True  # matched after the normaliser, which needs to see them
+        token["normalized"] = True  # matched after the normalizer, which needs to see them
     return TokenizersBackend(
         tokenizer_object=Tokenizer.from_str(json.dumps(backend)),
         bos_token=tokenizer.bos_token,
@@ -68,6 +78,7 @@ def original_exact_tokenizer(tokenizer: PreTrainedTokenizerBase, image_token: st
         padding_side=tokenizer.padding_side,
         model_max_length=tokenizer.model_max_length,
         clean_up_tokenization_spaces=False,
+        **{key: tokenizer.init_kwargs[key] for key in CALL_DEFAULTS if key in tokenizer.init_kwargs},
     )
 
 
@@ -79,9 +90,9 @@ class ConvLlavaProcessor(ProcessorMixin):
 
     Each `<image>` in the text stands for the next image and is replaced by the string `"<image>" * n`,
     `n = (h / 64) * (w / 64)` for that image's entry `(h, w)` in `image_sizes`; the whole text is then tokenised at
-    once. With the tokenizer of [`from_original`] (saved by the converter) the ids equal the original ConvLLaVA's
-    (see [`original_exact_tokenizer`]). Batches are padded on the tokenizer's padding side (left for processors built
-    by [`from_original`]).
+    once. The ids equal the original ConvLLaVA's: a sentencepiece-style Llama tokenizer (Vicuna's) is replaced by its
+    whole-prompt copy, [`original_exact_tokenizer`], which `save_pretrained` then writes. Batches are padded on the
+    tokenizer's padding side (left for processors built by [`from_original`]).
 
     Args:
         image_processor ([`ConvLlavaImageProcessor`]): the image processor.
@@ -101,6 +112,7 @@ class ConvLlavaProcessor(ProcessorMixin):
         if image_token not in tokenizer.get_vocab():
             tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
             logger.info(f"Added {image_token!r} to the tokenizer as id {tokenizer.convert_tokens_to_ids(image_token)}.")
+        tokenizer = original_exact_tokenizer(tokenizer, image_token) or tokenizer
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         super().__init__(image_processor, tokenizer, chat_template=chat_template or VICUNA_V1_CHAT_TEMPLATE)
@@ -110,11 +122,11 @@ class ConvLlavaProcessor(ProcessorMixin):
         cls, llm_dir: str | os.PathLike, vision_dir: str | os.PathLike, **image_processor_kwargs
     ) -> "ConvLlavaProcessor":
         """
-        Build the processor of an original ConvLLaVA checkpoint: the sentencepiece tokenizer of its LLM folder, made
-        exact on whole prompts by [`original_exact_tokenizer`] (plus `<image>`), with left padding, and the resolution
-        of its vision-tower folder's `preprocessor_config.json` (`crop_size` as a dict or an int).
+        Build the processor of an original ConvLLaVA checkpoint: the sentencepiece tokenizer of its LLM folder (plus
+        `<image>`) with left padding, and the resolution of its vision-tower folder's `preprocessor_config.json`
+        (`crop_size` as a dict or an int).
         """
-        tokenizer = original_exact_tokenizer(LlamaTokenizer.from_pretrained(llm_dir, padding_side="left"))
+        tokenizer = LlamaTokenizer.from_pretrained(llm_dir, padding_side="left")
         if "resolution" not in image_processor_kwargs:
             crop = json.loads((Path(vision_dir) / "preprocessor_config.json").read_text())["crop_size"]
             image_processor_kwargs["resolution"] = crop["height"] if isinstance(crop, dict) else crop
@@ -154,13 +166,17 @@ class ConvLlavaProcessor(ProcessorMixin):
         return self.image_token * ((height // VISION_STRIDE) * (width // VISION_STRIDE))
 
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]) -> None:
-        """Refuse a truncation that cut into an image's tokens, naming the text, the image and the lengths."""
+        """
+        Refuse a truncation that cut into an image's tokens, naming the text, the image and the lengths (images are
+        counted as runs of image tokens, so images written next to each other, `"<image><image>"`, count as one).
+        """
         for index, (sample, input_ids) in enumerate(zip(text, text_inputs["input_ids"])):
             input_ids = input_ids.tolist() if hasattr(input_ids, "tolist") else list(input_ids)
             expected, kept = sample.count(self.image_token), input_ids.count(self.image_token_id)
             if kept == expected:
                 continue
-            runs = [len(run) // len(self.image_token) for run in re.findall(f"(?:{re.escape(self.image_token)})+", sample)]
+            marker = re.escape(self.image_token)
+            runs = [len(run) // len(self.image_token) for run in re.findall(f"(?:{marker})+", sample)]
             keeps_start = self.tokenizer.truncation_side == "right"
             first_lost = kept if keeps_start else expected - kept - 1  # index among the text's image tokens
             image = next(i for i, end in enumerate(itertools.accumulate(runs)) if end > first_lost)
@@ -169,8 +185,8 @@ class ConvLlavaProcessor(ProcessorMixin):
             needed = positions[-1] + 1 if keeps_start else len(full_ids) - positions[0]
             raise ValueError(
                 f"Truncating text {index} to {len(input_ids)} tokens would cut into the tokens of its image {image} "
-                f"(counting from 0): the text is {len(full_ids)} tokens long, {expected} of them image tokens, and only "
-                f"{kept} of those would be kept. Use max_length >= {needed} or truncation=False."
+                f"(counting from 0): the text is {len(full_ids)} tokens long, {expected} of them image tokens, and "
+                f"only {kept} of those would be kept. Use max_length >= {needed} or truncation=False."
             )
 
     def _get_num_multimodal_tokens(self, image_sizes: list[list[int]] | None = None, **kwargs) -> MultiModalData:

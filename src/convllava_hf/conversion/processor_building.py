@@ -1,6 +1,7 @@
 """The converted checkpoint's processor and generation config, from the original LLM and vision folders."""
 
 import json
+import logging
 from pathlib import Path
 
 from transformers import GenerationConfig
@@ -8,13 +9,16 @@ from transformers import GenerationConfig
 from ..processing_conv_llava import ConvLlavaProcessor
 from .errors import ConversionError
 
+logger = logging.getLogger(__name__)
+
 
 def build_processor(
     llm_dir: Path, vision_dir: Path, image_processor_kwargs: dict, original_vocab_size: int
 ) -> ConvLlavaProcessor:
     """
-    The original sentencepiece tokenizer plus `<image>` (id `original_vocab_size`) and an image processor that
-    reproduces the original preprocessing with `image_processor_kwargs` (see `image_processor_settings`).
+    The original sentencepiece tokenizer plus `<image>` (id `original_vocab_size`), as its whole-prompt copy that
+    vLLM and the processor use (`original_exact_tokenizer`), and an image processor that reproduces the original
+    preprocessing with `image_processor_kwargs` (see `image_processor_settings`).
     """
     try:
         processor = ConvLlavaProcessor.from_original(llm_dir, vision_dir, **image_processor_kwargs)
@@ -24,6 +28,15 @@ def build_processor(
         raise ConversionError(
             f"The tokenizer in {llm_dir} has {processor.image_token_id} tokens but the LLM has {original_vocab_size} "
             f"embedding rows; they must match so that <image> gets the id right after the vocabulary."
+        )
+    tokenizer = processor.tokenizer
+    if tokenizer.backend_tokenizer.normalizer is None:  # the processor did not make its whole-prompt copy
+        logger.warning(
+            "The tokenizer in %s is not a legacy-free sentencepiece Llama tokenizer (%s); it is kept as it is, and its "
+            "ids next to <image> may differ from the original's, which gave the text after an image its own dummy "
+            "prefix.",
+            llm_dir,
+            type(tokenizer).__name__,
         )
     return processor
 
