@@ -79,18 +79,12 @@ def check_generate(folder: Path, prompt: str, images, args, device: str, dtype: 
     def run(batch_images, new_tokens: int) -> None:
         inputs = processor(images=batch_images, text=[prompt] * len(batch_images), padding=True, return_tensors="pt")
         with torch.no_grad():
-            model.generate(
-                **inputs.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
-            )
+            model.generate(**inputs.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
     run(images[:1], 2)  # warm-up
     ttft = statistics.median(time_once(lambda: run(images[:1], 1), synchronize) for _ in range(args.repeats))
     batches = [images[start : start + args.batch_size] for start in range(0, len(images), args.batch_size)]
     wall = time_once(lambda: [run(batch, args.new_tokens) for batch in batches], synchronize)
-    del model
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
     return {"ttft_ms": 1e3 * ttft, "requests_per_s": len(images) / wall, "wall_s": wall, "batch_size": args.batch_size}
 
 
@@ -153,6 +147,9 @@ def main() -> None:
         payload["visual_tokens_per_request"] = processor.image_processor.num_image_tokens(768, 1024)
         payload["generate"] = check_generate(folder, prompt, images, args, device, dtype)
         print(f"generate: {json.dumps(payload['generate'])}", flush=True)
+        gc.collect()  # the model is gone with check_generate's frame: give its memory back before vLLM starts
+        if device == "cuda":
+            torch.cuda.empty_cache()
         payload["vllm"] = check_vllm(folder, prompt, images, args)
         print(f"vllm: {json.dumps(payload['vllm'])}", flush=True)
     write_json(payload, output)
