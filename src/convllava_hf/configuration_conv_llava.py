@@ -21,6 +21,23 @@ MODEL_AUTO_MAP = {
 #: Total stride of the five-stage ConvNeXt (stem 4, four stride-2 downsamplings): one visual token per 64x64 pixels.
 VISION_STRIDE = 64
 
+
+def visual_token_grid(height: int, width: int, stride: int = VISION_STRIDE) -> tuple[int, int]:
+    """(rows, cols) of the visual tokens over `height` x `width` pixels of image content: one per `stride` pixels."""
+    return height // stride, width // stride
+
+
+def num_visual_tokens(height: int, width: int, stride: int = VISION_STRIDE) -> int:
+    """Visual tokens the model spends on `height` x `width` pixels of image content (its content size on the canvas)."""
+    rows, cols = visual_token_grid(height, width, stride)
+    return rows * cols
+
+
+def check_resolution(resolution: object, name: str = "resolution", error: type[ValueError] = ValueError) -> None:
+    """Raise `error` naming `name` unless `resolution` is a positive multiple of `VISION_STRIDE` (an int)."""
+    if not isinstance(resolution, int) or resolution <= 0 or resolution % VISION_STRIDE:
+        raise error(f"{name} must be a positive multiple of {VISION_STRIDE}, got {resolution!r}.")
+
 #: The LAION CLIP ConvNeXt-Large trunk (stages 1-4) plus ConvLLaVA's trained fifth stage.
 CONVNEXT_LARGE_5_STAGE = {
     "num_stages": 5,
@@ -120,7 +137,7 @@ class ConvLlavaConfig(LlavaConfig):
         super().__post_init__(**kwargs)
         if self.image_seq_length is None:
             self.validate_architecture()  # the derivation needs a valid vision_feature_layer
-            self.image_seq_length = (self.image_resolution // self.vision_stride) ** 2
+            self.image_seq_length = num_visual_tokens(self.image_resolution, self.image_resolution, self.vision_stride)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """
@@ -151,8 +168,7 @@ class ConvLlavaConfig(LlavaConfig):
 
     def validate_architecture(self):
         """Part of `@strict` validation: the settings a ConvNeXt tower can honour."""
-        if self.image_resolution <= 0 or self.image_resolution % VISION_STRIDE:
-            raise ValueError(f"image_resolution must be a positive multiple of 64, got {self.image_resolution}.")
+        check_resolution(self.image_resolution, "image_resolution")
         num_outputs = self.vision_config.num_stages + 1
         if (
             not isinstance(self.vision_feature_layer, int)

@@ -13,7 +13,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .chat_template import VICUNA_V1_CHAT_TEMPLATE
-from .configuration_conv_llava import VISION_STRIDE
+from .configuration_conv_llava import num_visual_tokens
 from .image_processing_conv_llava import ConvLlavaImageProcessor
 
 SPIECE_UNDERLINE = "\u2581"
@@ -163,7 +163,7 @@ class ConvLlavaProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         """`"<image>" * n`: one image token per 64x64 pixels of the image's content size (`image_sizes`)."""
         height, width = (int(side) for side in image_inputs["image_sizes"][image_idx])
-        return self.image_token * ((height // VISION_STRIDE) * (width // VISION_STRIDE))
+        return self.image_token * num_visual_tokens(height, width)
 
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]) -> None:
         """

@@ -6,6 +6,7 @@ import torch
 from transformers import ConvNextConfig, LlamaConfig, PreTrainedConfig
 
 from ..configuration_conv_llava import VISION_STRIDE, ConvLlavaConfig
+from ..embedding_padding import padded_vocab_size
 from .errors import ConversionError
 
 #: Keys every transformers config may carry (v5 fields plus v4 `PretrainedConfig` attributes, generation
@@ -68,11 +69,6 @@ class ConfigConversion:
     dropped_vision_prefix: str | None = None
     #: Human-readable decisions worth telling the user (logged and written into the model card).
     notes: list[str] = field(default_factory=list)
-
-
-def padded_vocab_size(original_vocab_size: int, multiple: int = 64) -> int:
-    """Rows of the resized embeddings: the original vocabulary plus `<image>`, rounded up to `multiple`."""
-    return -(-(original_vocab_size + 1) // multiple) * multiple
 
 
 def check_llm_settings(llm_config: dict, path: object) -> None:
@@ -254,7 +250,7 @@ def convert_configs(llm_config: dict, vision_config: dict, preprocessor: dict, d
         )
     original_vocab_size = text_config["vocab_size"]
     text_config.pop("use_cache", None)  # training configs say False; generation uses the cache, as the original did
-    text_config.update(model_type="llama", vocab_size=padded_vocab_size(original_vocab_size), dtype=dtype)
+    text_config.update(model_type="llama", vocab_size=padded_vocab_size(original_vocab_size + 1), dtype=dtype)
     try:
         config = ConvLlavaConfig(
             vision_config={**convnext, "image_size": processor_settings["resolution"], "dtype": dtype},

@@ -15,7 +15,7 @@ import torch
 from transformers import ConvNextConfig
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
-from ..configuration_conv_llava import VISION_STRIDE
+from ..configuration_conv_llava import check_resolution
 from ..vision_tower import ConvLlavaVisionModel
 from .checkpoint_reader import CheckpointReader
 from .errors import ConversionError
@@ -161,8 +161,7 @@ def convert_laion_convnext(
     `preprocessor_config.json` of a `CLIPImageProcessor` at `resolution`, float32 `model.safetensors` without the
     unused final LayerNorm), written in a temp folder and moved into place when complete.
     """
-    if resolution <= 0 or resolution % VISION_STRIDE:
-        raise ConversionError(f"--resolution must be a positive multiple of {VISION_STRIDE}, got {resolution}.")
+    check_resolution(resolution, "--resolution", ConversionError)
     output = Path(output)
     recover_interrupted_runs(output)
     check_output(output, force)

@@ -1,6 +1,6 @@
 """README.md (Hub model card) of a converted ConvLLaVA checkpoint."""
 
-from ..configuration_conv_llava import ConvLlavaConfig
+from ..configuration_conv_llava import ConvLlavaConfig, num_visual_tokens
 
 BENCHMARK_SOURCE = "https://github.com/alibaba/conv-llava/blob/main/docs/Model_zoo.md"
 GENERAL_BENCHMARKS = ("MME", "MMBench", "SEED", "RealWorldQA", "MMMU", "MM-Vet", "TextVQA", "DocVQA", "POPE")
@@ -57,7 +57,7 @@ def benchmark_section(resolution: int, sources: list[str]) -> str:
     )
     return (
         f"Results published by the authors for ConvLLaVA-sft-{resolution} "
-        f"(7B, {(resolution // 64) ** 2} visual tokens), "
+        f"(7B, {num_visual_tokens(resolution, resolution)} visual tokens), "
         f"from the [ConvLLaVA Model Zoo]({BENCHMARK_SOURCE}); not re-measured on this conversion.{caveat}\n\n"
         f"{_table(GENERAL_BENCHMARKS, general)}\n\n{_table(GROUNDING_BENCHMARKS, grounding)}"
     )

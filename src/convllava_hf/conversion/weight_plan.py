@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..configuration_conv_llava import ConvLlavaConfig
+from ..embedding_padding import pad_rows_with_mean
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
 from .checkpoint_reader import CheckpointReader
 from .config_conversion import ConfigConversion
@@ -48,12 +49,6 @@ def expected_parameters(config: ConvLlavaConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = ConvLlavaForConditionalGeneration(config)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-
-
-def pad_rows_with_mean(weight: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
-    """`weight` in `dtype`, grown to `rows` rows, each new row the mean of the original rows (computed in float32)."""
-    mean = weight.mean(dim=0, dtype=torch.float32, keepdim=True)
-    return torch.cat([weight.to(dtype), mean.to(dtype).expand(rows - weight.shape[0], -1)])
 
 
 def _loader(

@@ -7,7 +7,13 @@ from typing import Literal
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import HfArg, string_to_bool
 
-from .stages import LORA_LEARNING_RATE, LORA_PROJECTOR_LEARNING_RATE, STAGE_PRESETS, gradient_accumulation_steps
+from .stages import (
+    LORA_LEARNING_RATE,
+    LORA_PROJECTOR_LEARNING_RATE,
+    STAGE_PRESETS,
+    check_vision_trainable_from,
+    gradient_accumulation_steps,
+)
 
 
 @dataclass
@@ -58,8 +64,7 @@ class ConvLlavaArguments:
             raise ValueError("--vision_tower builds the processor from --model and the tower; drop --processor.")
         if self.load_in_4bit and not self.lora:
             raise ValueError("--load_in_4bit (QLoRA) needs --lora: a 4-bit model can only be trained through adapters.")
-        if not 1 <= self.vision_trainable_from <= 5:
-            raise ValueError(f"--vision_trainable_from must be a ConvNeXt stage 1-5, got {self.vision_trainable_from}.")
+        check_vision_trainable_from(self.vision_trainable_from, "--vision_trainable_from")
 
 
 @dataclass

@@ -6,12 +6,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ..configuration_conv_llava import ConvLlavaConfig
+from ..embedding_padding import EMBEDDING_MULTIPLE, pad_rows_with_mean
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration, ConvLlavaMultiModalProjector
 from ..processing_conv_llava import ConvLlavaProcessor
 from ..vision_tower import ConvLlavaVisionModel
-
-#: The embedding matrix grown by `<image>` is padded to a multiple of this (32000 + 1 -> 32064 for Vicuna).
-EMBEDDING_MULTIPLE = 64
 
 
 def assemble_conv_llava(
@@ -41,9 +39,9 @@ def assemble_conv_llava(
     llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, attn_implementation=attn_implementation)
     original_rows = llm.get_input_embeddings().weight.shape[0]
     llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE, mean_resizing=False)
-    with torch.no_grad():  # new rows = the mean row, like the converter: a new token's logit is the mean logit
+    with torch.no_grad():  # new rows = the mean row, like the converter
         for embedding in {llm.get_input_embeddings().weight, llm.get_output_embeddings().weight}:
-            embedding[original_rows:] = embedding[:original_rows].mean(dim=0, dtype=torch.float32)
+            embedding.copy_(pad_rows_with_mean(embedding[:original_rows], embedding.shape[0]))
     tower = ConvLlavaVisionModel.from_pretrained(vision_tower, dtype=dtype)
     config = ConvLlavaConfig(
         vision_config=tower.config.to_dict(),

@@ -36,6 +36,12 @@ LORA_LEARNING_RATE = 2e-4
 LORA_PROJECTOR_LEARNING_RATE = 2e-5
 
 
+def check_vision_trainable_from(vision_trainable_from: int, name: str = "vision_trainable_from") -> None:
+    """Refuse a first trainable ConvNeXt stage (1-based, stage 2 of the recipe) that the tower does not have."""
+    if not 1 <= vision_trainable_from <= NUM_VISION_STAGES:
+        raise ValueError(f"{name} must be a ConvNeXt stage 1-{NUM_VISION_STAGES}, got {vision_trainable_from}.")
+
+
 def trainable_modules(
     model: ConvLlavaForConditionalGeneration, stage: int, vision_trainable_from: int = 3
 ) -> dict[str, nn.Module]:
@@ -60,10 +66,7 @@ def trainable_modules(
     if stage == 1:
         modules[f"model.vision_tower.encoder.stages.{NUM_VISION_STAGES - 1}"] = vision_stages[-1]
     elif stage == 2:
-        if not 1 <= vision_trainable_from <= NUM_VISION_STAGES:
-            raise ValueError(
-                f"vision_trainable_from must be a ConvNeXt stage 1-{NUM_VISION_STAGES}, got {vision_trainable_from}."
-            )
+        check_vision_trainable_from(vision_trainable_from)
         if vision_trainable_from == 1:
             modules["model.vision_tower.embeddings"] = inner.vision_tower.embeddings
         for index in range(vision_trainable_from - 1, NUM_VISION_STAGES):

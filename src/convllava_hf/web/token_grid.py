@@ -6,7 +6,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageOps
 
-from ..configuration_conv_llava import VISION_STRIDE
+from ..configuration_conv_llava import VISION_STRIDE, visual_token_grid
 from ..image_processing_conv_llava import ConvLlavaImageProcessor
 
 PREVIEW_SIDE = 512  # longest side of a preview picture, in pixels
@@ -40,7 +40,7 @@ def token_grid(
 ) -> TokenGrid:
     """The token grid of an upright `height` x `width` image, from the processor's `content_size`."""
     content_height, content_width = image_processor.content_size(height, width, resolution, image_aspect_ratio)
-    return TokenGrid(height, width, content_height // VISION_STRIDE, content_width // VISION_STRIDE)
+    return TokenGrid(height, width, *visual_token_grid(content_height, content_width))
 
 
 def grid_preview(
