@@ -17,6 +17,7 @@ from transformers.processing_utils import ImagesKwargs
 from transformers.utils import TensorType
 
 from .configuration_conv_llava import VISION_STRIDE
+from .padded_resize import pad_to_square_and_resize
 
 ASPECT_RATIO_MODES = ("pad", "preserve")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -182,12 +183,11 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         image: PIL.Image.Image, height: int, width: int, image_aspect_ratio: str, resample, image_mean: list[float]
     ) -> PIL.Image.Image:
         """The image resized to its `height` x `width` content size, in Pillow on uint8 data."""
-        if image_aspect_ratio == "pad" and image.width != image.height:
-            # the original's `expand2square`: centred on a square of the mean colour
-            side = max(image.width, image.height)
-            square = PIL.Image.new("RGB", (side, side), tuple(int(mean * 255) for mean in image_mean))
-            square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-            image = square
+        if image_aspect_ratio == "pad":
+            # the original's `expand2square` (centred on a square of the mean colour) then resize, computed
+            # without building the square, so the cost follows the image and the output, not the longer side
+            colour = tuple(int(mean * 255) for mean in image_mean)
+            return pad_to_square_and_resize(image, width, colour, PIL.Image.Resampling(resample))
         return image.resize((width, height), resample=resample)
 
     def _preprocess(
