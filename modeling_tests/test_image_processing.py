@@ -240,3 +240,75 @@ def test_image_over_decompression_bomb_limit_is_rejected(monkeypatch):
     with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS"):  # an image decoded already
         processor(gradient_image(250, 200))
     assert processor(gradient_image(190, 190))["image_sizes"] == [[64, 64]]
+
+
+def test_unit_range_floats_with_do_rescale_false_warn(caplog):
+    """Such arrays become 8-bit (x255) like PIL images, so do_rescale=False leaves them 255 times too large."""
+    from convllava_hf import image_processing_conv_llava
+
+    image_processing_conv_llava.logger.warning_once.cache_clear()
+    array = np.random.default_rng(0).random((40, 30, 3)).astype(np.float32)
+    with caplog.at_level("WARNING"):
+        ConvLlavaImageProcessor(resolution=64)(array, do_rescale=False)
+    assert "between 0 and 1 and do_rescale=False" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ConvLlavaImageProcessor(resolution=64)((array * 255).round().astype(np.uint8), do_rescale=False)
+    assert "between 0 and 1" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"size": {"shortest_edge": 128}},
+        {"size": 128},
+        {"crop_size": 128},
+        {"crop_size": {"height": 128, "width": 128}},
+        {"size": {"height": 128, "width": 128}, "crop_size": 128, "resolution": 128},
+    ],
+)
+def test_square_size_settings_set_the_resolution(settings):
+    image = gradient_image(90, 50)
+    expected = ConvLlavaImageProcessor(resolution=128)(image, return_tensors="pt")["pixel_values"]
+    per_call = ConvLlavaImageProcessor(resolution=64)(image, return_tensors="pt", **settings)["pixel_values"]
+    at_init = ConvLlavaImageProcessor(**settings)(image, return_tensors="pt")["pixel_values"]
+    assert torch.equal(per_call, expected)
+    assert torch.equal(at_init, expected)
+
+
+def test_do_center_crop_false_is_honoured_as_nothing_is_cropped():
+    image = gradient_image(90, 50)
+    for mode in ("pad", "preserve"):
+        processor = ConvLlavaImageProcessor(resolution=128, image_aspect_ratio=mode)
+        assert torch.equal(
+            processor(image, do_center_crop=False, return_tensors="pt")["pixel_values"],
+            processor(image, return_tensors="pt")["pixel_values"],
+        )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"do_resize": False},
+        {"size": {"height": 64, "width": 128}},
+        {"size": {"longest_edge": 128}},
+        {"size": 128, "crop_size": 192},
+        {"size": 128, "resolution": 64},
+    ],
+)
+def test_settings_that_cannot_be_honoured_raise_naming_resolution_and_image_aspect_ratio(settings):
+    with pytest.raises(ValueError, match=r"`resolution`.*`image_aspect_ratio`"):
+        ConvLlavaImageProcessor(resolution=64)(gradient_image(30, 20), **settings)
+    with pytest.raises(ValueError, match=r"`resolution`.*`image_aspect_ratio`"):
+        ConvLlavaImageProcessor(**settings)
+
+
+def test_a_directory_is_named_as_such(tmp_path):
+    from convllava_hf.image_processing_conv_llava import open_image
+
+    with pytest.raises(ValueError, match="is a directory, not an image file"):
+        open_image(tmp_path)
+    with pytest.raises(ValueError, match="is a directory, not an image file"):
+        ConvLlavaImageProcessor(resolution=64)(str(tmp_path))
+    with pytest.raises(ValueError, match="does not exist"):
+        open_image(tmp_path / "missing.png")
