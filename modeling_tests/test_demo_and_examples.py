@@ -97,8 +97,39 @@ def test_chat_load_in_4bit_runs_on_the_demo_model(monkeypatch, capsys):
     assert "(3 tokens)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["chat_multiturn.py", "pipeline_inference.py"])
-def test_example_runs_on_the_demo_model(script, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [script] + (["--max-new-tokens", "3"] if script == "chat_multiturn.py" else []))
+def run_example(script: str, monkeypatch, capsys, *args: str) -> str:
+    monkeypatch.setattr(sys, "argv", [script, *args])
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
-    assert capsys.readouterr().out.strip()
+    return capsys.readouterr().out
+
+
+def test_pipeline_example_prints_what_generate_answers(monkeypatch, capsys):
+    lines = run_example("pipeline_inference.py", monkeypatch, capsys).splitlines()
+    model, processor = build_demo_model_and_processor()
+    picture = PIL.Image.open(DEMO_IMAGE).convert("RGB")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]}]
+    prompts = [
+        processor.apply_chat_template(messages, add_generation_prompt=True),
+        "USER: <image>\nDescribe the sky. ASSISTANT:",
+    ]
+    for prompt, line in zip(prompts, lines[:2], strict=True):
+        inputs = processor(images=picture, text=prompt, return_tensors="pt")
+        with torch.inference_mode():
+            ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+        assert line == processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert len(lines) == 4
+
+
+def test_multiturn_example_carries_images_and_answers_across_turns(monkeypatch, capsys):
+    out = run_example("chat_multiturn.py", monkeypatch, capsys, "--max-new-tokens", "3")
+    questions = [
+        "USER (2 images so far): How do these two pictures differ?",
+        "USER (3 images so far): And how does this third one compare?",
+        "USER (3 images so far): Which of the three has the most colours?",
+    ]
+    assert [line for line in out.splitlines() if line.startswith("USER")] == questions
+    answers = [line.removeprefix("ASSISTANT: ") for line in out.splitlines() if line.startswith("ASSISTANT: ")]
+    last_prompt = out.split("Last prompt: ", 1)[1]
+    assert last_prompt.count("<image>") == 3
+    positions = [last_prompt.index(f"ASSISTANT: {answer}") for answer in answers]  # the history holds each answer
+    assert positions == sorted(positions)

@@ -312,3 +312,18 @@ def test_a_directory_is_named_as_such(tmp_path):
         ConvLlavaImageProcessor(resolution=64)(str(tmp_path))
     with pytest.raises(ValueError, match="does not exist"):
         open_image(tmp_path / "missing.png")
+
+
+def test_image_mean_given_in_a_call_sets_that_calls_pad_colour():
+    """The padding is int(mean * 255) per channel of the mean in use, then rescaled and normalised by hand here."""
+    image = gradient_image(320, 200)  # at 64 px the top rows of the square see only padding
+    mean, std = [0.5, 0.25, 0.9], [0.5, 0.5, 0.5]
+    pixel_values = ConvLlavaImageProcessor(resolution=64)(image, image_mean=mean, image_std=std, return_tensors="pt")[
+        "pixel_values"
+    ][0]
+    for channel in range(3):
+        level = int(mean[channel] * 255)  # 127, 63, 229
+        expected = (np.float32(level * (1 / 255)) - np.float32(mean[channel])) / np.float32(std[channel])
+        assert torch.all(pixel_values[channel, :3] == torch.tensor(expected))
+    default = ConvLlavaImageProcessor(resolution=64)(image, image_std=std, return_tensors="pt")["pixel_values"][0]
+    assert not torch.equal(default[:, :3], pixel_values[:, :3])

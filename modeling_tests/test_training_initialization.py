@@ -47,7 +47,12 @@ def test_assembled_model_keeps_both_pretrained_parts_and_adds_the_image_token(pa
             torch.testing.assert_close(model.model.language_model.state_dict()[name], tensor)
     for name, tensor in tower.state_dict().items():
         torch.testing.assert_close(model.model.vision_tower.state_dict()[name], tensor)
-    assert model.model.multi_modal_projector.linear_1.weight.abs().sum() > 0
+    for linear in (model.model.multi_modal_projector.linear_1, model.model.multi_modal_projector.linear_2):
+        # PyTorch's default nn.Linear initialisation: weights and biases uniform in +-1/sqrt(fan_in), so the
+        # weights' standard deviation is that bound / sqrt(3) (within 10% for these thousands of values)
+        bound = linear.in_features**-0.5
+        assert linear.weight.abs().max() <= bound and linear.bias.abs().max() <= bound
+        assert abs(linear.weight.float().std().item() - bound / 3**0.5) < 0.1 * bound / 3**0.5
 
 
 def test_stage1_from_a_language_model_and_a_vision_tower_writes_a_normal_checkpoint(parts):
