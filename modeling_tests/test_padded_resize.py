@@ -1,4 +1,4 @@
-"""The "pad" preprocessing without the square canvas: bit-identical to Pillow on the square, cost bounded by the image."""
+"""The "pad" preprocessing without the square canvas: equal to Pillow on the square, cost bounded by the input."""
 
 import numpy as np
 import PIL.Image
@@ -78,8 +78,8 @@ def test_padded_axis_equals_pillow_on_a_long_line(length, content, side):
     line[0, offset : offset + content] = pixels
     expected = np.asarray(PIL.Image.fromarray(line).resize((side, 1), PIL.Image.Resampling.BICUBIC))[0]
     axis = AxisResampling(length, side, PIL.Image.Resampling.BICUBIC)
-    result = resample_axis(axis, 0, side, (offset, offset + content, lambda b, e: pixels[b - offset : e - offset]),
-                           3, colour)
+    image_part = (offset, offset + content, lambda b, e: pixels[b - offset : e - offset])
+    result = resample_axis(axis, 0, side, image_part, 3, colour)
     np.testing.assert_array_equal(result, expected)
 
 
@@ -104,7 +104,6 @@ def test_thin_image_never_allocates_the_square(size, monkeypatch):
     image = new("RGB", size, (200, 30, 90))
     pixel_values = ConvLlavaImageProcessor(resolution=1536)(image, return_tensors="pt")["pixel_values"]
     assert max(largest) <= 4 * 1536 * 1536
-    # a single-colour thin line barely changes the mean-colour canvas: the middle row/column carries it
     assert pixel_values.shape == (1, 3, 1536, 1536)
 
 

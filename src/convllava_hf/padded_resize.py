@@ -3,12 +3,13 @@ The original "pad" preprocessing (centre the image on a square of the mean colou
 Pillow) computed from the image alone, with memory and time bounded by the image and the output, never by the square.
 
 Pillow's `Image.resize` is separable: a horizontal pass, rounded to 8 bits, then a vertical pass, each a weighted sum
-with integer weights (22 fractional bits) that Pillow derives in double precision from the filter. This module
-repeats that arithmetic in numpy (the weights step for step, the sums exactly: every partial sum is an integer below
-2**53), so the result equals `square.resize(...)` bit for bit on platforms whose Pillow build does not contract the
-filter's multiply-adds into fused ones (x86-64 wheels); elsewhere a pixel could differ by one grey level in the rare
-case where a fused operation moves a weight across a rounding boundary. The canvas rows and columns are constant, so
-every output position whose filter window lies in the padding is computed from the sum of its weights alone.
+with integer weights (22 fractional bits) that Pillow derives in double precision from the filter. Up to a longer
+side of `PILLOW_PASS_PIXELS / resolution`, Pillow runs the two passes one at a time on a `resolution` x `long` canvas
+(or strips of one), which is exact by construction. Beyond, numpy repeats Pillow's arithmetic (the weights step for
+step, the sums exactly: every partial sum is an integer below 2**53), which equals Pillow bit for bit on builds that
+do not fuse the filter's multiply-adds (x86-64 wheels); elsewhere a weight could rarely round the other way and move a
+pixel by one level. Canvas rows and columns are constant, so an output whose window lies in the padding needs only the
+sum of its weights.
 """
 
 import functools
