@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor
+from transformers.image_processing_utils import SizeDict
 
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
 from tiny_models import FIXTURE_DIR
@@ -265,6 +266,7 @@ def test_unit_range_floats_with_do_rescale_false_warn(caplog):
         {"crop_size": 128},
         {"crop_size": {"height": 128, "width": 128}},
         {"size": {"height": 128, "width": 128}, "crop_size": 128, "resolution": 128},
+        {"crop_size": SizeDict(height=128, width=128)},
     ],
 )
 def test_square_size_settings_set_the_resolution(settings):

@@ -1,5 +1,6 @@
 """Image processor of ConvLLaVA: the original "pad" pipeline, bit for bit, plus an aspect-ratio preserving mode."""
 
+import dataclasses
 import io
 import os
 import warnings
@@ -9,7 +10,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-from transformers.image_processing_utils import BatchFeature
+from transformers.image_processing_utils import BatchFeature, SizeDict
 from transformers.image_transforms import to_pil_image
 from transformers.image_utils import ChannelDimension, ImageInput, is_scaled_image
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
@@ -47,7 +48,9 @@ def _square_side(name: str, value) -> int:
     """The side of the square `size` / `crop_size` setting describes, or a `ValueError` naming the settings to use."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    entries = {key: side for key, side in dict(value).items() if side is not None} if hasattr(value, "keys") else {}
+    if isinstance(value, SizeDict):
+        value = dataclasses.asdict(value)
+    entries = {key: side for key, side in value.items() if side is not None} if isinstance(value, dict) else {}
     if set(entries) == {"shortest_edge"}:
         return entries["shortest_edge"]
     if set(entries) == {"height", "width"} and entries["height"] == entries["width"]:
