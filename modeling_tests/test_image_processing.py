@@ -6,6 +6,7 @@ from fractions import Fraction
 
 import numpy as np
 import PIL.Image
+import PIL.PngImagePlugin
 import pytest
 import torch
 from hypothesis import given, settings
@@ -329,3 +330,15 @@ def test_image_mean_given_in_a_call_sets_that_calls_pad_colour():
         assert torch.all(pixel_values[channel, :3] == torch.tensor(expected))
     default = ConvLlavaImageProcessor(resolution=64)(image, image_std=std, return_tensors="pt")["pixel_values"][0]
     assert not torch.equal(default[:, :3], pixel_values[:, :3])
+
+
+def test_pillow_running_out_of_memory_while_decoding_is_a_clear_error(monkeypatch):
+    """Pillow's PNG decoder raises a bare MemoryError on an 89478485x1 PNG (a few hundred bytes)."""
+    from convllava_hf.image_processing_conv_llava import open_image
+
+    def load(self):
+        raise MemoryError()
+
+    monkeypatch.setattr(PIL.PngImagePlugin.PngImageFile, "load", load)
+    with pytest.raises(ValueError, match="Pillow ran out of memory decoding"):
+        open_image(IMAGES / "square_256x256.png")

@@ -119,6 +119,8 @@ def open_image(source: str | os.PathLike | bytes | bytearray) -> PIL.Image.Image
         raise ValueError(
             f"Could not decode an image from {name}: truncated, corrupt or not an image ({error})."
         ) from error
+    except MemoryError as error:  # e.g. Pillow's PNG decoder on a row of tens of millions of pixels
+        raise ValueError(f"Pillow ran out of memory decoding {name}.") from error
     return image
 
 
