@@ -86,4 +86,7 @@ def test_bfloat16_model_runs_and_stays_close_to_float32():
         reference = model(input_ids=INPUT_IDS, pixel_values=PIXELS).logits
         low = model.to(torch.bfloat16)(input_ids=INPUT_IDS, pixel_values=PIXELS).logits
     assert low.dtype == torch.bfloat16
-    assert (low.float() - reference).abs().max() < 0.1 * reference.abs().max()
+    # bfloat16 keeps 8 significant bits (unit roundoff 2**-8 = 0.4%); the tiny model's dozen roundings in a row
+    # measured at most 1.3% of the largest logit over five seeds. 4% (about ten unit roundoffs) leaves headroom;
+    # a part running in the wrong dtype or a mis-cast mask moves logits by tens of percent.
+    torch.testing.assert_close(low.float(), reference, rtol=0, atol=0.04 * reference.abs().max().item())

@@ -6,12 +6,14 @@ from fractions import Fraction
 
 import numpy as np
 import PIL.Image
+import PIL.PngImagePlugin
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor
+from transformers.image_processing_utils import SizeDict
 
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
 from tiny_models import FIXTURE_DIR
@@ -240,3 +242,103 @@ def test_image_over_decompression_bomb_limit_is_rejected(monkeypatch):
     with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS"):  # an image decoded already
         processor(gradient_image(250, 200))
     assert processor(gradient_image(190, 190))["image_sizes"] == [[64, 64]]
+
+
+def test_unit_range_floats_with_do_rescale_false_warn(caplog):
+    """Such arrays become 8-bit (x255) like PIL images, so do_rescale=False leaves them 255 times too large."""
+    from convllava_hf import image_processing_conv_llava
+
+    image_processing_conv_llava.logger.warning_once.cache_clear()
+    array = np.random.default_rng(0).random((40, 30, 3)).astype(np.float32)
+    with caplog.at_level("WARNING"):
+        ConvLlavaImageProcessor(resolution=64)(array, do_rescale=False)
+    assert "between 0 and 1 and do_rescale=False" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ConvLlavaImageProcessor(resolution=64)((array * 255).round().astype(np.uint8), do_rescale=False)
+    assert "between 0 and 1" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"size": {"shortest_edge": 128}},
+        {"size": 128},
+        {"crop_size": 128},
+        {"crop_size": {"height": 128, "width": 128}},
+        {"size": {"height": 128, "width": 128}, "crop_size": 128, "resolution": 128},
+        {"crop_size": SizeDict(height=128, width=128)},
+    ],
+)
+def test_square_size_settings_set_the_resolution(settings):
+    image = gradient_image(90, 50)
+    expected = ConvLlavaImageProcessor(resolution=128)(image, return_tensors="pt")["pixel_values"]
+    per_call = ConvLlavaImageProcessor(resolution=64)(image, return_tensors="pt", **settings)["pixel_values"]
+    at_init = ConvLlavaImageProcessor(**settings)(image, return_tensors="pt")["pixel_values"]
+    assert torch.equal(per_call, expected)
+    assert torch.equal(at_init, expected)
+
+
+def test_do_center_crop_false_is_honoured_as_nothing_is_cropped():
+    image = gradient_image(90, 50)
+    for mode in ("pad", "preserve"):
+        processor = ConvLlavaImageProcessor(resolution=128, image_aspect_ratio=mode)
+        assert torch.equal(
+            processor(image, do_center_crop=False, return_tensors="pt")["pixel_values"],
+            processor(image, return_tensors="pt")["pixel_values"],
+        )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"do_resize": False},
+        {"size": {"height": 64, "width": 128}},
+        {"size": {"longest_edge": 128}},
+        {"size": 128, "crop_size": 192},
+        {"size": 128, "resolution": 64},
+    ],
+)
+def test_settings_that_cannot_be_honoured_raise_naming_resolution_and_image_aspect_ratio(settings):
+    with pytest.raises(ValueError, match=r"`resolution`.*`image_aspect_ratio`"):
+        ConvLlavaImageProcessor(resolution=64)(gradient_image(30, 20), **settings)
+    with pytest.raises(ValueError, match=r"`resolution`.*`image_aspect_ratio`"):
+        ConvLlavaImageProcessor(**settings)
+
+
+def test_a_directory_is_named_as_such(tmp_path):
+    from convllava_hf.image_processing_conv_llava import open_image
+
+    with pytest.raises(ValueError, match="is a directory, not an image file"):
+        open_image(tmp_path)
+    with pytest.raises(ValueError, match="is a directory, not an image file"):
+        ConvLlavaImageProcessor(resolution=64)(str(tmp_path))
+    with pytest.raises(ValueError, match="does not exist"):
+        open_image(tmp_path / "missing.png")
+
+
+def test_image_mean_given_in_a_call_sets_that_calls_pad_colour():
+    """The padding is int(mean * 255) per channel of the mean in use, then rescaled and normalised by hand here."""
+    image = gradient_image(320, 200)  # at 64 px the top rows of the square see only padding
+    mean, std = [0.5, 0.25, 0.9], [0.5, 0.5, 0.5]
+    pixel_values = ConvLlavaImageProcessor(resolution=64)(image, image_mean=mean, image_std=std, return_tensors="pt")[
+        "pixel_values"
+    ][0]
+    for channel in range(3):
+        level = int(mean[channel] * 255)  # 127, 63, 229
+        expected = (np.float32(level * (1 / 255)) - np.float32(mean[channel])) / np.float32(std[channel])
+        assert torch.all(pixel_values[channel, :3] == torch.tensor(expected))
+    default = ConvLlavaImageProcessor(resolution=64)(image, image_std=std, return_tensors="pt")["pixel_values"][0]
+    assert not torch.equal(default[:, :3], pixel_values[:, :3])
+
+
+def test_pillow_running_out_of_memory_while_decoding_is_a_clear_error(monkeypatch):
+    """Pillow's PNG decoder raises a bare MemoryError on an 89478485x1 PNG (a few hundred bytes)."""
+    from convllava_hf.image_processing_conv_llava import open_image
+
+    def load(self):
+        raise MemoryError()
+
+    monkeypatch.setattr(PIL.PngImagePlugin.PngImageFile, "load", load)
+    with pytest.raises(ValueError, match="Pillow ran out of memory decoding"):
+        open_image(IMAGES / "square_256x256.png")

@@ -2,7 +2,8 @@
 
 import PIL.Image
 import pytest
-from transformers import pipeline
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from convllava_hf import ConvLlavaProcessor
 from tiny_models import FIXTURE_DIR, tiny_model
@@ -28,19 +29,34 @@ def chat(image: PIL.Image.Image, question: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
 
 
-def test_pipeline_answers_chat_messages(saved_model_dir):
+def generate_directly(folder, image: PIL.Image.Image, prompt: str, max_new_tokens: int) -> str:
+    """The package's own processor + greedy `generate` + `decode` on the same folder and inputs: the reference."""
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_pipeline_answers_chat_messages_as_generate_does(saved_model_dir):
     answer = pipeline("image-text-to-text", model=str(saved_model_dir))(
         text=chat(LANDSCAPE, "What is shown?"), max_new_tokens=5, return_full_text=False
     )
-    assert isinstance(answer[0]["generated_text"], str) and answer[0]["generated_text"]
+    prompt = AutoProcessor.from_pretrained(saved_model_dir).apply_chat_template(
+        chat(LANDSCAPE, "What is shown?"), add_generation_prompt=True
+    )
+    expected = generate_directly(saved_model_dir, LANDSCAPE, prompt, 5)
+    assert expected and answer[0]["generated_text"] == expected
 
 
-def test_pipeline_accepts_plain_images_and_text(saved_model_dir):
+def test_pipeline_accepts_plain_images_and_text_as_generate_does(saved_model_dir):
     prompt = "USER: <image>\nWhat is shown? ASSISTANT:"
     answer = pipeline("image-text-to-text", model=str(saved_model_dir))(
         images=LANDSCAPE, text=prompt, max_new_tokens=5, return_full_text=False
     )
-    assert isinstance(answer[0]["generated_text"], str)
+    expected = generate_directly(saved_model_dir, LANDSCAPE, prompt, 5)
+    assert expected and answer[0]["generated_text"] == expected
 
 
 def test_pipeline_batch_with_different_aspect_ratios_equals_one_by_one(saved_model_dir):

@@ -1,5 +1,6 @@
 """Image processor of ConvLLaVA: the original "pad" pipeline, bit for bit, plus an aspect-ratio preserving mode."""
 
+import dataclasses
 import io
 import os
 import warnings
@@ -9,14 +10,18 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-from transformers.image_processing_utils import BatchFeature
+from transformers.image_processing_utils import BatchFeature, SizeDict
 from transformers.image_transforms import to_pil_image
-from transformers.image_utils import ChannelDimension, ImageInput
+from transformers.image_utils import ChannelDimension, ImageInput, is_scaled_image
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.processing_utils import ImagesKwargs
-from transformers.utils import TensorType
+from transformers.utils import TensorType, logging
+from typing_extensions import Unpack
 
 from .configuration_conv_llava import VISION_STRIDE
+from .padded_resize import pad_to_square_and_resize
+
+logger = logging.get_logger(__name__)
 
 ASPECT_RATIO_MODES = ("pad", "preserve")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -39,6 +44,49 @@ def _check_settings(resolution: int | None, image_aspect_ratio: str | None) -> N
         raise ValueError(f"image_aspect_ratio must be one of {ASPECT_RATIO_MODES}, got {image_aspect_ratio!r}.")
 
 
+def _square_side(name: str, value) -> int:
+    """The side of the square `size` / `crop_size` setting describes, or a `ValueError` naming the settings to use."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, SizeDict):
+        value = dataclasses.asdict(value)
+    entries = {key: side for key, side in value.items() if side is not None} if isinstance(value, dict) else {}
+    if set(entries) == {"shortest_edge"}:
+        return entries["shortest_edge"]
+    if set(entries) == {"height", "width"} and entries["height"] == entries["width"]:
+        return entries["height"]
+    raise ValueError(
+        f"{name}={value!r} cannot be honoured: every image ends up on a square canvas. Set `resolution` (the "
+        "canvas side, a multiple of 64) and `image_aspect_ratio` ('pad' or 'preserve') instead."
+    )
+
+
+def _resolve_size_settings(kwargs: dict) -> dict:
+    """
+    Honour explicit `size` / `crop_size` that describe one square side by making it the `resolution`; refuse
+    `do_resize=False` and settings that disagree. `do_center_crop` has no effect: the canvas is never cropped.
+    """
+    kwargs = dict(kwargs)
+    if kwargs.get("do_resize") is False:
+        raise ValueError(
+            "do_resize=False cannot be honoured: every image is resized onto the square canvas. Set `resolution` "
+            "(the canvas side) and `image_aspect_ratio` ('pad' or 'preserve', which keeps the aspect ratio) instead."
+        )
+    sides = {name: _square_side(name, kwargs.pop(name)) for name in ("size", "crop_size") if kwargs.get(name)}
+    if kwargs.get("resolution") is not None:
+        sides["resolution"] = kwargs["resolution"]
+    if len(set(sides.values())) > 1:
+        raise ValueError(
+            f"Conflicting canvas sides {sides}: `size` and `crop_size` describe the square canvas, whose side is "
+            "`resolution`. Set `resolution` (and `image_aspect_ratio` for how the image fills it) only."
+        )
+    if sides:
+        kwargs["resolution"] = next(iter(sides.values()))
+    kwargs.pop("size", None)
+    kwargs.pop("crop_size", None)
+    return kwargs
+
+
 def _check_pixel_count(height: int, width: int) -> None:
     if height == 0 or width == 0:
         raise ValueError(f"Got an empty image ({width}x{height} pixels).")
@@ -53,6 +101,11 @@ def _check_pixel_count(height: int, width: int) -> None:
 def open_image(source: str | os.PathLike | bytes | bytearray) -> PIL.Image.Image:
     """Decode an image file or its bytes, turning PIL's errors and decompression-bomb warnings into `ValueError`."""
     name = "the given bytes" if isinstance(source, (bytes, bytearray)) else repr(os.fspath(source))
+    if not isinstance(source, (bytes, bytearray)):
+        if os.path.isdir(source):
+            raise ValueError(f"{name} is a directory, not an image file.")
+        if not os.path.exists(source):
+            raise ValueError(f"No image file at {name}: the path does not exist.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
@@ -66,6 +119,8 @@ def open_image(source: str | os.PathLike | bytes | bytearray) -> PIL.Image.Image
         raise ValueError(
             f"Could not decode an image from {name}: truncated, corrupt or not an image ({error})."
         ) from error
+    except MemoryError as error:  # e.g. Pillow's PNG decoder on a row of tens of millions of pixels
+        raise ValueError(f"Pillow ran out of memory decoding {name}.") from error
     return image
 
 
@@ -118,6 +173,13 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
     resolution = 1536
     image_aspect_ratio = "pad"
 
+    def __init__(self, **kwargs: Unpack[ConvLlavaImageProcessorKwargs]):
+        super().__init__(**_resolve_size_settings(kwargs))
+
+    def preprocess(self, images: ImageInput, *args, **kwargs: Unpack[ConvLlavaImageProcessorKwargs]) -> BatchFeature:
+        """As in transformers; `size` / `crop_size` set the `resolution` of this call (see `_resolve_size_settings`)."""
+        return super().preprocess(images, *args, **_resolve_size_settings(kwargs))
+
     def _standardize_kwargs(
         self, resolution: int | None = None, image_aspect_ratio: str | None = None, **kwargs
     ) -> dict:
@@ -161,7 +223,7 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         if isinstance(image_url_or_urls, (list, tuple)):
             return [self.fetch_images(item) for item in image_url_or_urls]
         if isinstance(image_url_or_urls, (bytes, bytearray, os.PathLike)) or (
-            isinstance(image_url_or_urls, str) and os.path.isfile(image_url_or_urls)
+            isinstance(image_url_or_urls, str) and os.path.exists(image_url_or_urls)
         ):
             return open_image(image_url_or_urls)
         return super().fetch_images(image_url_or_urls)
@@ -173,6 +235,13 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
             return _upright_rgb(image)
         if 0 in np.shape(image):
             raise ValueError(f"Got an empty image array of shape {tuple(np.shape(image))}.")
+        if kwargs.get("do_rescale") is False and is_scaled_image(np.asarray(image)):
+            logger.warning_once(
+                "It looks like you are passing images with pixel values between 0 and 1 and do_rescale=False. This "
+                "processor works on 8-bit images like the original: such arrays are scaled to 0..255 first, so "
+                "leave do_rescale=True (the default) to bring them back to 0..1; with do_rescale=False the pixel "
+                "values stay 255 times too large."
+            )
         array = super().process_image(image, **kwargs)  # channels-first RGB
         _check_pixel_count(*array.shape[-2:])
         return to_pil_image(array, input_data_format=ChannelDimension.FIRST)
@@ -182,12 +251,11 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         image: PIL.Image.Image, height: int, width: int, image_aspect_ratio: str, resample, image_mean: list[float]
     ) -> PIL.Image.Image:
         """The image resized to its `height` x `width` content size, in Pillow on uint8 data."""
-        if image_aspect_ratio == "pad" and image.width != image.height:
-            # the original's `expand2square`: centred on a square of the mean colour
-            side = max(image.width, image.height)
-            square = PIL.Image.new("RGB", (side, side), tuple(int(mean * 255) for mean in image_mean))
-            square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-            image = square
+        if image_aspect_ratio == "pad":
+            # the original's `expand2square` (centred on a square of the mean colour) then resize, computed
+            # without building the square, so the cost follows the image and the output, not the longer side
+            colour = tuple(int(mean * 255) for mean in image_mean)
+            return pad_to_square_and_resize(image, width, colour, PIL.Image.Resampling(resample))
         return image.resize((width, height), resample=resample)
 
     def _preprocess(

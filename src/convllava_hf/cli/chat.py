@@ -2,12 +2,15 @@
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import PIL.Image
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, TextStreamer
 
+from ..image_processing_conv_llava import open_image
 from .demo import build_demo_model_and_processor
 
 DEMO_IMAGE = Path(__file__).resolve().parent / "demo_image.png"
@@ -40,33 +43,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load(model_id: str | None, load_in_4bit: bool):
-    """The requested model and processor, or the random demo model when no weights can be reached."""
-    if model_id is not None:
-        quantization = BitsAndBytesConfig(load_in_4bit=True) if load_in_4bit else None
-        try:
-            processor = AutoProcessor.from_pretrained(model_id)
-            model = AutoModelForImageTextToText.from_pretrained(
-                model_id, dtype="auto", quantization_config=quantization
-            )
-            return model.eval(), processor
-        except (OSError, ValueError) as error:
-            print(f"Could not load {model_id!r} ({error}).", file=sys.stderr)
-    print(
-        "*** DEMO MODE: a small ConvLLaVA with RANDOM weights, built on the fly. Its answer is gibberish; pass --model "
-        "with a converted checkpoint for real answers. ***",
-        file=sys.stderr,
-    )
-    return build_demo_model_and_processor()
+    """The requested model and processor (exiting with the load error if they cannot be loaded), else the demo model."""
+    if model_id is None:
+        print(
+            "*** DEMO MODE: a small ConvLLaVA with RANDOM weights, built on the fly. Its answer is gibberish; pass "
+            "--model with a converted checkpoint for real answers. ***",
+            file=sys.stderr,
+        )
+        model, processor = build_demo_model_and_processor()
+        if not load_in_4bit:
+            return model, processor
+        with tempfile.TemporaryDirectory(prefix="convllava-demo-") as folder:  # bitsandbytes quantizes on loading
+            model.save_pretrained(folder)
+            processor.save_pretrained(folder)
+            return load(folder, load_in_4bit)
+    quantization = BitsAndBytesConfig(load_in_4bit=True) if load_in_4bit else None
+    try:
+        processor = AutoProcessor.from_pretrained(model_id)
+        model = AutoModelForImageTextToText.from_pretrained(model_id, dtype="auto", quantization_config=quantization)
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        raise SystemExit(f"convllava-chat: could not load --model {model_id!r}: {error}") from error
+    return model.eval(), processor
+
+
+def open_image_argument(path: Path) -> PIL.Image.Image:
+    """The `--image` file decoded, or exit with a one-line error naming the problem."""
+    try:
+        return open_image(path)
+    except ValueError as error:
+        raise SystemExit(f"convllava-chat: --image: {error}") from error
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from PIL import Image
-
+    image = open_image_argument(args.image)  # before the model: a bad path fails in a moment
     model, processor = load(args.model, args.load_in_4bit)
     if args.image_aspect_ratio:
         processor.image_processor.image_aspect_ratio = args.image_aspect_ratio
-    image = Image.open(args.image)
 
     start = time.perf_counter()
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": args.prompt}]}]

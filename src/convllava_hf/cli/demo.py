@@ -33,9 +33,9 @@ def build_demo_model_and_processor(seed: int = 0) -> tuple[ConvLlavaForCondition
         },
         text_config={
             "model_type": "llama",
-            "vocab_size": 128,
+            "vocab_size": len(processor.tokenizer),  # every id decodes to a token
             "hidden_size": 256,
-            "intermediate_size": 688,
+            "intermediate_size": 512,  # a multiple of bitsandbytes' CPU 4-bit block
             "num_hidden_layers": 4,
             "num_attention_heads": 4,
             "num_key_value_heads": 4,
