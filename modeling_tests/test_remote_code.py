@@ -33,6 +33,7 @@ MODULES = {
     "configuration_conv_llava.py",
     "modeling_conv_llava.py",
     "vision_tower.py",
+    "padded_resize.py",
     "model_inputs.py",
     "quantization.py",
     "image_processing_conv_llava.py",

@@ -38,6 +38,7 @@ def check_resolution(resolution: object, name: str = "resolution", error: type[V
     if not isinstance(resolution, int) or resolution <= 0 or resolution % VISION_STRIDE:
         raise error(f"{name} must be a positive multiple of {VISION_STRIDE}, got {resolution!r}.")
 
+
 #: The LAION CLIP ConvNeXt-Large trunk (stages 1-4) plus ConvLLaVA's trained fifth stage.
 CONVNEXT_LARGE_5_STAGE = {
     "num_stages": 5,

@@ -18,7 +18,7 @@ from transformers.processing_utils import ImagesKwargs
 from transformers.utils import TensorType, logging
 from typing_extensions import Unpack
 
-from .configuration_conv_llava import VISION_STRIDE
+from .configuration_conv_llava import VISION_STRIDE, check_resolution, num_visual_tokens
 from .padded_resize import pad_to_square_and_resize
 
 logger = logging.get_logger(__name__)
@@ -38,8 +38,7 @@ class ConvLlavaImageProcessorKwargs(ImagesKwargs, total=False):
 
 
 def _check_settings(resolution: int | None, image_aspect_ratio: str | None) -> None:
-    if not isinstance(resolution, int) or resolution <= 0 or resolution % VISION_STRIDE:
-        raise ValueError(f"resolution must be a positive multiple of {VISION_STRIDE}, got {resolution!r}.")
+    check_resolution(resolution)
     if image_aspect_ratio not in ASPECT_RATIO_MODES:
         raise ValueError(f"image_aspect_ratio must be one of {ASPECT_RATIO_MODES}, got {image_aspect_ratio!r}.")
 
@@ -215,8 +214,7 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         self, height: int, width: int, resolution: int | None = None, image_aspect_ratio: str | None = None
     ) -> int:
         """Visual tokens the model spends on an image of `height` x `width` pixels (its original size)."""
-        content_height, content_width = self.content_size(height, width, resolution, image_aspect_ratio)
-        return (content_height // VISION_STRIDE) * (content_width // VISION_STRIDE)
+        return num_visual_tokens(*self.content_size(height, width, resolution, image_aspect_ratio))
 
     def fetch_images(self, image_url_or_urls: ImageInput | str | os.PathLike | bytes | list) -> ImageInput:
         """Open image files given as paths or bytes (raising `ValueError` for bad ones); URLs as in transformers."""

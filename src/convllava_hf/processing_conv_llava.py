@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from .chat_template import VICUNA_V1_CHAT_TEMPLATE
 from .configuration_conv_llava import num_visual_tokens
+from .grounding import post_process_grounding
 from .image_processing_conv_llava import ConvLlavaImageProcessor
 
 SPIECE_UNDERLINE = "\u2581"
@@ -225,8 +226,6 @@ class ConvLlavaProcessor(ProcessorMixin):
             image_aspect_ratio (`str`, *optional*): `"pad"` or `"preserve"`; defaults to the image processor's.
             clip (`bool`, *optional*, defaults to `True`): clip the corners to the image.
         """
-        from .grounding import post_process_grounding
-
         mode = image_aspect_ratio or self.image_processor.image_aspect_ratio
         return post_process_grounding(texts, image_sizes, mode, clip)
 

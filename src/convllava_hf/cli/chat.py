@@ -10,6 +10,7 @@ import PIL.Image
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, TextStreamer
 
+from ..configuration_conv_llava import visual_token_grid
 from ..image_processing_conv_llava import open_image
 from .demo import build_demo_model_and_processor
 
@@ -88,9 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     preprocessed = time.perf_counter()
     height, width = inputs["image_sizes"][0].tolist()
     tokens = processor.image_processor.num_image_tokens(image.height, image.width)
+    rows, cols = visual_token_grid(height, width)
     print(
         f"image {image.width}x{image.height} -> {width}x{height} pixels -> {tokens} visual tokens "
-        f"({height // 64}x{width // 64}); prompt {inputs['input_ids'].shape[1]} tokens",
+        f"({rows}x{cols}); prompt {inputs['input_ids'].shape[1]} tokens",
         file=sys.stderr,
     )
 
