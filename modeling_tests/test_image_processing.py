@@ -342,3 +342,12 @@ def test_pillow_running_out_of_memory_while_decoding_is_a_clear_error(monkeypatc
     monkeypatch.setattr(PIL.PngImagePlugin.PngImageFile, "load", load)
     with pytest.raises(ValueError, match="Pillow ran out of memory decoding"):
         open_image(IMAGES / "square_256x256.png")
+
+
+def test_several_images_processed_inside_inference_mode_equal_those_processed_outside():
+    images = [PIL.Image.new("RGB", (128, 64), (200, 30, 10)), PIL.Image.new("RGB", (64, 192), (5, 90, 250))]
+    processor = ConvLlavaImageProcessor(resolution=256)
+    expected = processor(images, return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():  # the worker threads used to write into an inference tensor outside inference mode
+        inside = processor(images, return_tensors="pt")["pixel_values"]
+    assert torch.equal(inside, expected)

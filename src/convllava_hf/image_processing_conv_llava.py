@@ -275,7 +275,9 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         mean = torch.tensor(image_mean if do_normalize else 0.0, dtype=torch.float32).reshape(-1, 1, 1)
         std = torch.tensor(image_std if do_normalize else 1.0, dtype=torch.float32).reshape(-1, 1, 1)
         scale = rescale_factor if do_rescale else 1.0
+        inference_mode = torch.is_inference_mode_enabled()  # thread-local: the worker threads must follow the caller
 
+        @torch.inference_mode(inference_mode)
         def fill(index: int) -> None:
             height, width = image_sizes[index]
             resized = self._resize_to_content(images[index], height, width, image_aspect_ratio, resample, image_mean)
