@@ -19,7 +19,7 @@ from transformers.utils import TensorType, logging
 from typing_extensions import Unpack
 
 from .configuration_conv_llava import VISION_STRIDE
-from .padded_resize import pad_to_square_and_resize
+from .padded_resize import MAX_LONG_SIDE, pad_to_square_and_resize
 
 logger = logging.get_logger(__name__)
 
@@ -90,6 +90,11 @@ def _resolve_size_settings(kwargs: dict) -> dict:
 def _check_pixel_count(height: int, width: int) -> None:
     if height == 0 or width == 0:
         raise ValueError(f"Got an empty image ({width}x{height} pixels).")
+    if max(height, width) > MAX_LONG_SIDE:
+        raise ValueError(
+            f"The image is {width}x{height} pixels; sides longer than {MAX_LONG_SIDE} pixels are refused (resizing "
+            "costs grow with the longer side, whatever the pixel count). Crop or shrink the image."
+        )
     limit = PIL.Image.MAX_IMAGE_PIXELS
     if limit is not None and height * width > limit:
         raise ValueError(
