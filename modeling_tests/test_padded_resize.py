@@ -2,6 +2,7 @@
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFile
 import pytest
 
 from convllava_hf import padded_resize
@@ -116,3 +117,15 @@ def test_sides_longer_than_the_bound_are_refused_in_both_modes(size, mode):
         ConvLlavaImageProcessor(resolution=64, image_aspect_ratio=mode)(image)
     with pytest.raises(ValueError, match=r"longer side is at most 1048576 pixels.*preserve"):
         pad_to_square_and_resize(image, 64, (0, 0, 0), PIL.Image.Resampling.BICUBIC)
+
+
+def test_a_file_with_too_long_a_side_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "thin.png"
+    PIL.Image.new("RGB", (1, padded_resize.MAX_LONG_SIDE + 1)).save(path)
+    decoded = []
+    original_load = PIL.ImageFile.ImageFile.load
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PIL.ImageFile.ImageFile, "load", lambda self: decoded.append(self) or original_load(self))
+        with pytest.raises(ValueError, match="sides longer than 1048576 pixels are refused"):
+            ConvLlavaImageProcessor(resolution=64)(str(path))
+    assert not decoded

@@ -115,6 +115,8 @@ def open_image(source: str | os.PathLike | bytes | bytearray) -> PIL.Image.Image
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
             image = PIL.Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+            if max(image.size) > MAX_LONG_SIDE:  # refused from the header, before decoding
+                _check_pixel_count(image.height, image.width)
             image.load()
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
         raise ValueError(
