@@ -2,6 +2,7 @@
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFile
 import pytest
 
 from convllava_hf import padded_resize
@@ -107,7 +108,24 @@ def test_thin_image_never_allocates_the_square(size, monkeypatch):
     assert pixel_values.shape == (1, 3, 1536, 1536)
 
 
-def test_pad_mode_refuses_a_longer_side_than_it_bounds():
-    image = PIL.Image.new("RGB", (padded_resize.MAX_LONG_SIDE + 1, 1))
-    with pytest.raises(ValueError, match=r"longer side is at most 1048576 pixels.*1048577x1.*preserve"):
-        ConvLlavaImageProcessor(resolution=64)(image)
+@pytest.mark.parametrize("mode", ["pad", "preserve"])
+@pytest.mark.parametrize("size", [(padded_resize.MAX_LONG_SIDE + 1, 1), (2, padded_resize.MAX_LONG_SIDE + 1)])
+def test_sides_longer_than_the_bound_are_refused_in_both_modes(size, mode):
+    """Pillow itself fails on 89478485x1 (MemoryError) and needs gigabytes for 1x89478485 in "preserve" mode."""
+    image = PIL.Image.new("RGB", size)
+    with pytest.raises(ValueError, match=rf"{size[0]}x{size[1]} pixels; sides longer than 1048576 pixels are refused"):
+        ConvLlavaImageProcessor(resolution=64, image_aspect_ratio=mode)(image)
+    with pytest.raises(ValueError, match=r"longer side is at most 1048576 pixels.*preserve"):
+        pad_to_square_and_resize(image, 64, (0, 0, 0), PIL.Image.Resampling.BICUBIC)
+
+
+def test_a_file_with_too_long_a_side_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "thin.png"
+    PIL.Image.new("RGB", (1, padded_resize.MAX_LONG_SIDE + 1)).save(path)
+    decoded = []
+    original_load = PIL.ImageFile.ImageFile.load
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PIL.ImageFile.ImageFile, "load", lambda self: decoded.append(self) or original_load(self))
+        with pytest.raises(ValueError, match="sides longer than 1048576 pixels are refused"):
+            ConvLlavaImageProcessor(resolution=64)(str(path))
+    assert not decoded

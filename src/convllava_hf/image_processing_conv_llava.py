@@ -19,7 +19,7 @@ from transformers.utils import TensorType, logging
 from typing_extensions import Unpack
 
 from .configuration_conv_llava import VISION_STRIDE, check_resolution, num_visual_tokens
-from .padded_resize import pad_to_square_and_resize
+from .padded_resize import MAX_LONG_SIDE, pad_to_square_and_resize
 
 logger = logging.get_logger(__name__)
 
@@ -89,6 +89,11 @@ def _resolve_size_settings(kwargs: dict) -> dict:
 def _check_pixel_count(height: int, width: int) -> None:
     if height == 0 or width == 0:
         raise ValueError(f"Got an empty image ({width}x{height} pixels).")
+    if max(height, width) > MAX_LONG_SIDE:
+        raise ValueError(
+            f"The image is {width}x{height} pixels; sides longer than {MAX_LONG_SIDE} pixels are refused (resizing "
+            "costs grow with the longer side, whatever the pixel count). Crop or shrink the image."
+        )
     limit = PIL.Image.MAX_IMAGE_PIXELS
     if limit is not None and height * width > limit:
         raise ValueError(
@@ -109,6 +114,8 @@ def open_image(source: str | os.PathLike | bytes | bytearray) -> PIL.Image.Image
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
             image = PIL.Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+            if max(image.size) > MAX_LONG_SIDE:  # refused from the header, before decoding
+                _check_pixel_count(image.height, image.width)
             image.load()
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
         raise ValueError(
