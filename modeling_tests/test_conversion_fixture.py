@@ -2,9 +2,6 @@
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +12,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 
 import convllava_hf
 from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
+from converted_tiny import convert_original_tiny
 from tiny_models import FIXTURE_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL_VOCAB = 800
 IMAGE_TOKEN_ID = 800
 LOGITS_TOLERANCE = 1e-4
@@ -31,15 +28,7 @@ BATCH_CASE = next(case for case in CASES if case["kind"] == "batch")
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     """The fixture converted by the command-line script, in a fresh process, as a user would run it."""
-    output = tmp_path_factory.mktemp("converted") / "convllava-tiny"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable, str(REPO_ROOT / "conversion" / "convert_convllava_to_hf.py"),
-        "--llm", str(FIXTURE_DIR / "llm"), "--vision", str(FIXTURE_DIR / "vision"), "--output", str(output),
-    ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return output
+    return convert_original_tiny(tmp_path_factory.mktemp("converted") / "convllava-tiny")
 
 
 @pytest.fixture(scope="module")
