@@ -152,9 +152,12 @@ def test_left_padded_batch_matches_the_original_right_padded_batch_on_valid_posi
         assert (ours - reference[row][valid[row]]).abs().max().item() <= LOGITS_TOLERANCE
 
 
-def test_model_card_usage_snippet_runs_on_the_converted_folder(converted, capsys):
+def test_model_card_usage_snippet_answers_like_the_original(converted, capsys):
+    # the snippet asks case0's question, so on case0's image its greedy answer starts with the original's 8 tokens
+    case = next(case for case in SINGLE_CASES if case["name"] == "case0")
     card = (converted / "README.md").read_text()
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
-    image = FIXTURE_DIR / "images" / "square_256x256.png"
+    assert f'question = "{case["question"]}"' in snippet
+    image = FIXTURE_DIR / "images" / case["image"]
     exec(snippet.replace(MODEL_ID_PLACEHOLDER, str(converted)).replace(IMAGE_PLACEHOLDER, str(image)), {})
-    assert capsys.readouterr().out.strip() != ""
+    assert capsys.readouterr().out.startswith(case["generated_text"])
