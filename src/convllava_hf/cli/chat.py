@@ -8,10 +8,11 @@ from pathlib import Path
 
 import PIL.Image
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, TextStreamer
+from transformers import TextStreamer
 
 from ..configuration_conv_llava import visual_token_grid
 from ..image_processing_conv_llava import open_image
+from .checkpoint import load_checkpoint
 from .demo import build_demo_model_and_processor
 
 DEMO_IMAGE = Path(__file__).resolve().parent / "demo_image.png"
@@ -58,13 +59,7 @@ def load(model_id: str | None, load_in_4bit: bool):
             model.save_pretrained(folder)
             processor.save_pretrained(folder)
             return load(folder, load_in_4bit)
-    quantization = BitsAndBytesConfig(load_in_4bit=True) if load_in_4bit else None
-    try:
-        processor = AutoProcessor.from_pretrained(model_id)
-        model = AutoModelForImageTextToText.from_pretrained(model_id, dtype="auto", quantization_config=quantization)
-    except (OSError, ValueError, KeyError, ImportError) as error:
-        raise SystemExit(f"convllava-chat: could not load --model {model_id!r}: {error}") from error
-    return model.eval(), processor
+    return load_checkpoint(model_id, "convllava-chat: could not load --model", load_in_4bit)
 
 
 def open_image_argument(path: Path) -> PIL.Image.Image:

@@ -4,8 +4,8 @@ import argparse
 import sys
 
 import PIL.Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from .checkpoint import load_checkpoint
 from .demo import build_demo_model_and_processor
 
 
@@ -40,15 +40,7 @@ def load_model_and_processor(model_id: str | None, load_in_4bit: bool = False):
     stops the command with the load error (it never falls back to the demo model)."""
     if model_id is None:
         return build_demo_model_and_processor()
-    quantization = BitsAndBytesConfig(load_in_4bit=True) if load_in_4bit else None
-    try:
-        processor = AutoProcessor.from_pretrained(model_id)
-        model = AutoModelForImageTextToText.from_pretrained(
-            model_id, dtype="auto", device_map="auto", quantization_config=quantization
-        )
-    except Exception as error:
-        raise SystemExit(f"convllava-demo: could not load {model_id!r}: {type(error).__name__}: {error}") from error
-    return model.eval(), processor
+    return load_checkpoint(model_id, "convllava-demo: could not load", load_in_4bit, device_map="auto")
 
 
 def main(argv: list[str] | None = None) -> None:
