@@ -62,6 +62,8 @@ def converted_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def convert(llm: Path, output: Path, **kwargs) -> Path:
+    """The package layout, which holds exactly the converted tensors (test_stock_layout.py tests the stock one's)."""
+    kwargs.setdefault("layout", "conv_llava")
     return convert_checkpoint(str(llm), output, str(kwargs.pop("vision", FIXTURE_DIR / "vision")), **kwargs)
 
 
@@ -229,7 +231,7 @@ def test_vision_tower_folder_next_to_the_llm_weights_is_found_without_vision_arg
     llm = tmp_path / "llm"
     shutil.copytree(FIXTURE_DIR / "llm", llm)
     shutil.copytree(FIXTURE_DIR / "vision", llm / "vision_tower")
-    output = convert_checkpoint(str(llm), tmp_path / "out")
+    output = convert_checkpoint(str(llm), tmp_path / "out", layout="conv_llava")
     assert converted_tensors(output).keys() == reference_conversion.keys()
 
 

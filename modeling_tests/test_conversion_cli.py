@@ -46,7 +46,7 @@ def test_output_dot_writes_into_the_current_folder_and_leaves_nothing_else(tmp_p
     output.mkdir()
     monkeypatch.chdir(output)
     assert cli(".") == 0
-    assert (output / "config.json").is_file() and (output / "model.safetensors").is_file()
+    assert (output / "config.json").is_file() and list(output.glob("model*.safetensors"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
     assert not [name for name in os.listdir(output) if name.startswith(".")]
 
@@ -75,10 +75,14 @@ def test_push_to_hub_uploads_the_finished_folder(tmp_path, monkeypatch):
     assert cli(tmp_path / "out", "--push-to-hub", "someone/convllava-tiny") == 0
     assert calls[0] == ("create_repo", "someone/convllava-tiny", {"repo_type": "model", "exist_ok": True})
     assert calls[1][:2] == ("upload_folder", "someone/convllava-tiny")
-    assert {"README.md", "config.json", "model.safetensors"} <= set(calls[1][2])
+    # the default layout is the stock one: what a Hub user loads with plain transformers
+    assert {"README.md", "config.json", "model.safetensors.index.json", "vision_tower_layernorm.safetensors"} <= set(
+        calls[1][2]
+    )
+    assert not [name for name in calls[1][2] if name.endswith(".py")]
 
 
 @pytest.mark.parametrize("flag", ["--safe-serialization", "--force"])
 def test_accepted_flags_still_write_safetensors(tmp_path, flag):
     assert cli(tmp_path / "out", flag) == 0
-    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert list((tmp_path / "out").glob("model*.safetensors"))

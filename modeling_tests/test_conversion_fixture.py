@@ -28,7 +28,7 @@ BATCH_CASE = next(case for case in CASES if case["kind"] == "batch")
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     """The fixture converted by the command-line script, in a fresh process, as a user would run it."""
-    return convert_original_tiny(tmp_path_factory.mktemp("converted") / "convllava-tiny")
+    return convert_original_tiny(tmp_path_factory.mktemp("converted") / "convllava-tiny", layout="conv_llava")
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,9 @@ def copy_without(folder: Path, destination: Path, missing: str) -> Path:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("remote-code")
-    converted = convert_checkpoint(str(FIXTURE_DIR / "llm"), root / "converted", str(FIXTURE_DIR / "vision"))
+    converted = convert_checkpoint(
+        str(FIXTURE_DIR / "llm"), root / "converted", str(FIXTURE_DIR / "vision"), layout="conv_llava"
+    )
     saved = root / "saved"
     processor = ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
     model = tiny_model()

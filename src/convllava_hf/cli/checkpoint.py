@@ -1,19 +1,23 @@
 """Loading a converted checkpoint for the command-line tools: a failure stops the command, never falls back."""
 
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
+from transformers import BitsAndBytesConfig
+
+from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
+from ..processing_conv_llava import ConvLlavaProcessor
 
 
 def load_checkpoint(
     model_id: str, failure_prefix: str, load_in_4bit: bool = False, device_map: str | None = None
-) -> tuple[PreTrainedModel, ProcessorMixin]:
+) -> tuple[ConvLlavaForConditionalGeneration, ConvLlavaProcessor]:
     """
-    The eval-mode model and the processor of a converted checkpoint (folder or Hub id), the language model quantized
+    The eval-mode model and the processor of a converted checkpoint (folder or Hub id, either layout) as the package's
+    classes (so `preserve` mode works on a stock folder too), the language model quantized
     to 4 bits on request. Any load error exits with `"{failure_prefix} {model_id!r}: {error type}: {error}"`.
     """
     quantization = BitsAndBytesConfig(load_in_4bit=True) if load_in_4bit else None
     try:
-        processor = AutoProcessor.from_pretrained(model_id)
-        model = AutoModelForImageTextToText.from_pretrained(
+        processor = ConvLlavaProcessor.from_pretrained(model_id)
+        model = ConvLlavaForConditionalGeneration.from_pretrained(
             model_id, dtype="auto", device_map=device_map, quantization_config=quantization
         )
     except Exception as error:

@@ -3,7 +3,8 @@
 import os
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+from huggingface_hub.errors import HFValidationError
+from transformers import BitsAndBytesConfig
 
 from ..image_processing_conv_llava import _check_settings
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
@@ -40,25 +41,20 @@ def load_for_evaluation(
     elif load_in_8bit:
         quantization = BitsAndBytesConfig(load_in_8bit=True)
     try:
-        processor = AutoProcessor.from_pretrained(pretrained)
-        model = AutoModelForImageTextToText.from_pretrained(
+        processor = ConvLlavaProcessor.from_pretrained(pretrained)  # either layout (fast_vlm or conv_llava)
+        model = ConvLlavaForConditionalGeneration.from_pretrained(
             pretrained,
             dtype=dtype,
             device_map=device_map,
             attn_implementation=attn_implementation,
             quantization_config=quantization,
         )
-    except OSError as error:
+    except (OSError, HFValidationError) as error:  # not found locally, nor as a valid Hub id
         where = "no such folder, and as a Hub id: " if not os.path.exists(pretrained) else ""
         raise ValueError(
             f"No ConvLLaVA checkpoint could be loaded from {str(pretrained)!r} ({where}{error}). Give a folder "
             "written by convllava-convert, or the Hub id of one."
         ) from error
-    if not isinstance(model, ConvLlavaForConditionalGeneration) or not isinstance(processor, ConvLlavaProcessor):
-        raise ValueError(
-            f"{str(pretrained)!r} holds a {type(model).__name__} with a {type(processor).__name__}, not a ConvLLaVA "
-            "checkpoint (model_type 'conv_llava')."
-        )
     processor.tokenizer.padding_side = "left"
     if resolution is not None:
         processor.image_processor.resolution = resolution
