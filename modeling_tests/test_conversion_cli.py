@@ -25,7 +25,9 @@ def test_verify_reports_the_logits_of_the_published_model_on_its_test_image(tmp_
     # Recompute independently from the published folder: stock Auto classes, the chat template, the test image.
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=synthetic_image(256), text=prompt, return_tensors="pt")
     with torch.no_grad():

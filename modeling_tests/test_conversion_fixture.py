@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 import convllava_hf
-from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
 from converted_tiny import convert_original_tiny
+from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
 from tiny_models import FIXTURE_DIR
 
 ORIGINAL_VOCAB = 800

@@ -15,11 +15,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from converted_tiny import convert_original_tiny
 from convllava_hf import ConvLlavaConfig, ConvLlavaForConditionalGeneration, ConvLlavaProcessor
 from convllava_hf.conversion.errors import ConversionError
-from convllava_hf.conversion.layouts import convert_layout, main as convert_layout_main
+from convllava_hf.conversion.layouts import convert_layout
+from convllava_hf.conversion.layouts import main as convert_layout_main
 from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
-from converted_tiny import convert_original_tiny
 from tiny_models import FIXTURE_DIR
 
 WORKER = Path(__file__).resolve().parent / "stock_layout_worker.py"
@@ -52,7 +53,9 @@ def stock_run(converted, tmp_path_factory) -> tuple[dict, dict]:
         "images": str(FIXTURE_DIR / "images"),
         "cases": SINGLE_CASES,
         "max_new_tokens": 8,
-        "snippet": snippet.replace(MODEL_ID_PLACEHOLDER, str(converted["fast_vlm"])).replace(IMAGE_PLACEHOLDER, str(image)),
+        "snippet": snippet.replace(MODEL_ID_PLACEHOLDER, str(converted["fast_vlm"])).replace(
+            IMAGE_PLACEHOLDER, str(image)
+        ),
     }
     (out / "spec.json").write_text(json.dumps(spec))
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(WORKER.parent), "HOME": str(out)}
@@ -94,9 +97,15 @@ def test_plain_transformers_loads_the_stock_folder_without_the_package(stock_run
     results, _ = stock_run
     assert results["package_importable"] is False and results["loaded_convllava_hf_modules"] == []
     assert results["classes"] == [
-        "LlavaProcessor", "LlavaImageProcessorPil", "FastVlmForConditionalGeneration", "FastVlmForConditionalGeneration",
+        "LlavaProcessor", "LlavaImageProcessorPil",
+        "FastVlmForConditionalGeneration", "FastVlmForConditionalGeneration",
     ]  # fmt: skip
-    assert results["loading_info"] == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    assert results["loading_info"] == {
+        "missing_keys": [],
+        "unexpected_keys": [],
+        "mismatched_keys": [],
+        "error_msgs": [],
+    }
 
 
 @pytest.mark.parametrize("case", SINGLE_CASES, ids=lambda case: case["name"])
@@ -140,7 +149,9 @@ def test_package_classes_load_the_stock_folder_with_the_stock_logits(converted):
     prompts = [row["prompt"] for row in rows]
     ours = processor(images=images, text=prompts, padding=True, return_tensors="pt")
     stock = stock_processor(images=images, text=prompts, padding=True, return_tensors="pt")
-    assert torch.equal(ours["input_ids"], stock["input_ids"]) and torch.equal(ours["pixel_values"], stock["pixel_values"])
+    assert torch.equal(ours["input_ids"], stock["input_ids"]) and torch.equal(
+        ours["pixel_values"], stock["pixel_values"]
+    )
     with torch.inference_mode():
         assert torch.equal(model(**ours).logits, stock_model.eval()(**stock).logits)
 
@@ -151,9 +162,13 @@ def test_preserve_mode_works_on_the_stock_folder_as_on_the_package_folder(conver
     for layout in ("fast_vlm", "conv_llava"):
         processor = ConvLlavaProcessor.from_pretrained(converted[layout])
         model = ConvLlavaForConditionalGeneration.from_pretrained(converted[layout]).eval()
-        inputs = processor(images=image, text=SINGLE_CASES[0]["prompt"], image_aspect_ratio="preserve", return_tensors="pt")
+        inputs = processor(
+            images=image, text=SINGLE_CASES[0]["prompt"], image_aspect_ratio="preserve", return_tensors="pt"
+        )
         with torch.inference_mode():
-            outputs.append((inputs["image_sizes"].tolist(), model.generate(**inputs, max_new_tokens=8, do_sample=False)))
+            outputs.append(
+                (inputs["image_sizes"].tolist(), model.generate(**inputs, max_new_tokens=8, do_sample=False))
+            )
     assert outputs[0][0] == outputs[1][0] == [[192, 256]]  # 200x320 scaled to 256 on the long side, cut to /64
     assert torch.equal(outputs[0][1], outputs[1][1])
 
@@ -234,7 +249,11 @@ def test_package_config_catches_a_stock_config_edited_off_the_original_geometry(
 def test_stock_model_refuses_a_prompt_whose_image_token_count_does_not_match(converted):
     processor = AutoProcessor.from_pretrained(converted["fast_vlm"])
     model = AutoModelForImageTextToText.from_pretrained(converted["fast_vlm"]).eval()
-    inputs = processor(images=Image.open(FIXTURE_DIR / "images" / SINGLE_CASES[0]["image"]), text=SINGLE_CASES[0]["prompt"], return_tensors="pt")
+    inputs = processor(
+        images=Image.open(FIXTURE_DIR / "images" / SINGLE_CASES[0]["image"]),
+        text=SINGLE_CASES[0]["prompt"],
+        return_tensors="pt",
+    )
     keep = inputs["input_ids"][0] != IMAGE_TOKEN_ID
     keep[(~keep).nonzero()[0]] = True  # one image token fewer than the image's 16 features
     with pytest.raises(ValueError, match="Image features and image tokens do not match"), torch.inference_mode():

@@ -137,8 +137,9 @@ class ConvLlavaProcessor(ProcessorMixin):
     @classmethod
     def get_processor_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
         """
-        The processor settings as transformers reads them; a stock folder's `LlavaProcessor` settings (`convllava-convert
-        --layout fast_vlm`) are translated, after checking that they reproduce the original pipeline.
+        The processor settings as transformers reads them; a stock folder's `LlavaProcessor` settings
+        (`convllava-convert --layout fast_vlm`) are translated, after checking that they reproduce the original
+        pipeline.
         """
         processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
         if processor_dict.get("processor_class") == STOCK_PROCESSOR_CLASS:

@@ -68,9 +68,9 @@ def convert_checkpoint(
     Convert an original ConvLLaVA checkpoint into `output` (written in a sibling temp folder and moved into place when
     complete). `llm` / `vision` are local folders or Hub ids; `vision` defaults to where the original looks (the
     LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to that of most LLM weights.
-    `layout` `"fast_vlm"` (the default) writes a folder that stock transformers loads (`FastVlmForConditionalGeneration`,
-    `LlavaProcessor`), or refuses naming a setting it cannot express; `"conv_llava"` writes this package's classes and
-    module files (`auto_map`), so that folder also loads with `trust_remote_code=True`.
+    `layout` `"fast_vlm"` (the default) writes a folder that stock transformers loads
+    (`FastVlmForConditionalGeneration`, `LlavaProcessor`), or refuses naming a setting it cannot express;
+    `"conv_llava"` writes this package's classes and module files (`auto_map`), so that folder also loads with `trust_remote_code=True`.
     Tensors are streamed one at a time, so memory stays far below the size of the model. `verify` (e.g.
     `verify_conversion`) runs on the complete folder before it is moved into place: if it raises, nothing is published.
     """
