@@ -70,7 +70,8 @@ def convert_checkpoint(
     LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to that of most LLM weights.
     `layout` `"fast_vlm"` (the default) writes a folder that stock transformers loads
     (`FastVlmForConditionalGeneration`, `LlavaProcessor`), or refuses naming a setting it cannot express;
-    `"conv_llava"` writes this package's classes and module files (`auto_map`), so that folder also loads with `trust_remote_code=True`.
+    `"conv_llava"` writes this package's classes and module files (`auto_map`), so that folder also loads with
+    `trust_remote_code=True`.
     Tensors are streamed one at a time, so memory stays far below the size of the model. `verify` (e.g.
     `verify_conversion`) runs on the complete folder before it is moved into place: if it raises, nothing is published.
     """
