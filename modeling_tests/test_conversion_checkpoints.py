@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText
 
 from convllava_hf.conversion import ConversionError, convert_checkpoint, safetensors_writer
 from convllava_hf.conversion.checkpoint_reader import load_bin
@@ -235,7 +236,9 @@ def test_vision_tower_folder_next_to_the_llm_weights_is_found_without_vision_arg
     assert converted_tensors(output).keys() == reference_conversion.keys()
 
 
-def test_select_layer_minus_two_drops_the_block_the_original_deletes(tmp_path, reference_conversion):
+@pytest.mark.parametrize("layout", ["conv_llava", "fast_vlm"])
+def test_select_layer_minus_two_drops_the_block_the_original_deletes(tmp_path, reference_conversion, layout):
+    """A tower cut by `mm_vision_select_layer=-2` is just a shorter tower: the stock layout expresses it too."""
     llm = tmp_path / "llm"
     shutil.copytree(FIXTURE_DIR / "llm", llm)
     config = json.loads((llm / "config.json").read_text())
@@ -251,7 +254,16 @@ def test_select_layer_minus_two_drops_the_block_the_original_deletes(tmp_path, r
         if name.startswith("encoder.stages.4.layers.0.")
     }
     torch.save({**state, **extra}, vision / "pytorch_model.bin")
-    tensors = converted_tensors(convert(llm, tmp_path / "out", vision=vision))
+    output = convert(llm, tmp_path / "out", vision=vision, layout=layout)
+    tensors = converted_tensors(output)
+    if layout == "fast_vlm":  # the stock layout's identity final layernorm, in a file of its own
+        assert (
+            load_file(output / "vision_tower_layernorm.safetensors").keys()
+            == tensors.keys() - reference_conversion.keys()
+        )
+        _, info = AutoModelForImageTextToText.from_pretrained(output, output_loading_info=True)
+        assert not any(info.values())
+        tensors = {name: tensors[name] for name in reference_conversion}
     assert tensors.keys() == reference_conversion.keys()
     assert all(torch.equal(tensors[name], reference_conversion[name]) for name in tensors)
 

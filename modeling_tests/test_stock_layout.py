@@ -123,7 +123,11 @@ def test_stock_classes_reproduce_the_original_ids_pixels_logits_and_greedy_token
 
 def test_stock_pipeline_and_model_card_snippet_answer_like_the_original(stock_run):
     results, _ = stock_run
-    for case in SINGLE_CASES:  # the pipeline cuts the decoded prompt off the decoded whole: a word's space stays
+    # The pipeline cuts the decoded prompt off the decoded whole, so a word's space stays, and a lone byte-fallback
+    # byte (case2's "\x02") decodes differently at that boundary; the greedy ids are compared exactly above.
+    printable = [case for case in SINGLE_CASES if all(c.isprintable() for c in case["generated_text"])]
+    assert len(printable) == 3
+    for case in printable:
         assert results["cases"][case["name"]]["pipeline_answer"].removeprefix(" ") == case["generated_text"]
     assert results["snippet_output"].startswith(SINGLE_CASES[0]["generated_text"])
 
@@ -134,6 +138,24 @@ def test_model_card_shows_stock_loading_first_then_what_the_package_adds(convert
     assert "convllava_hf" not in snippets[0] and "trust_remote_code" not in card
     assert 'pipeline("image-text-to-text", model=model_id)' in card
     assert "ConvLlavaProcessor.from_pretrained" in snippets[1] and 'image_aspect_ratio="preserve"' in snippets[1]
+
+
+def test_model_cards_package_snippet_runs_preserve_mode_on_a_mixed_size_batch(converted, capsys):
+    card = (converted["fast_vlm"] / "README.md").read_text()
+    snippet = card.split("```python\n")[2].split("```", 1)[0]
+    image = FIXTURE_DIR / "images" / SINGLE_CASES[0]["image"]
+    exec(snippet.replace(MODEL_ID_PLACEHOLDER, str(converted["fast_vlm"])).replace(IMAGE_PLACEHOLDER, str(image)), {})
+    answers = eval(capsys.readouterr().out)  # the printed list of the two decoded answers
+    processor = ConvLlavaProcessor.from_pretrained(converted["fast_vlm"])
+    model = ConvLlavaForConditionalGeneration.from_pretrained(converted["fast_vlm"]).eval()
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}],
+        add_generation_prompt=True,
+    )
+    inputs = processor(images=Image.open(image), text=prompt, image_aspect_ratio="preserve", return_tensors="pt")
+    with torch.inference_mode():
+        alone = model.generate(**inputs, max_new_tokens=64, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    assert len(answers) == 2 and answers[0] == processor.decode(alone, skip_special_tokens=True)
 
 
 def test_package_classes_load_the_stock_folder_with_the_stock_logits(converted):
