@@ -20,6 +20,7 @@ def convert_stock_tiny(output: Path) -> Path:
     config.update(model_type="fast_vlm", architectures=["FastVlmForConditionalGeneration"])
     vision = config["vision_config"]
     vision["hidden_size"] = vision["hidden_sizes"][-1]
+    config["attn_implementation"] = "eager"  # guess of how main declares it
     (output / "config.json").write_text(json.dumps(config, indent=2))
     processor = json.loads((output / "processor_config.json").read_text())
     image = processor["image_processor"]
