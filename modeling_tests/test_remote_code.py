@@ -40,6 +40,7 @@ MODULES = {
     "processing_conv_llava.py",
     "chat_template.py",
     "grounding.py",
+    "stock_layout.py",
 }
 MODEL_MAP = {
     "AutoConfig": "configuration_conv_llava.ConvLlavaConfig",

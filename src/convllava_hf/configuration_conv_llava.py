@@ -6,6 +6,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, LlavaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .stock_layout import STOCK_MODEL_TYPE, from_stock_config
+
 #: Version of this package's remote-code modules, written into every saved config as `convllava_code_version`. Bump it
 #: when a saved folder needs module files newer than those of earlier versions: older modules then refuse it.
 CONVLLAVA_CODE_VERSION = 1
@@ -139,6 +141,18 @@ class ConvLlavaConfig(LlavaConfig):
         if self.image_seq_length is None:
             self.validate_architecture()  # the derivation needs a valid vision_feature_layer
             self.image_seq_length = num_visual_tokens(self.image_resolution, self.image_resolution, self.vision_stride)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """
+        The config dict as transformers reads it; a stock `fast_vlm` folder's (`convllava-convert --layout fast_vlm`)
+        is translated, so the package's classes load both layouts. Raises naming a field that does not describe
+        ConvLLaVA's geometry.
+        """
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == STOCK_MODEL_TYPE:
+            config_dict = from_stock_config(config_dict, f"{pretrained_model_name_or_path}/config.json")
+        return config_dict, kwargs
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """

@@ -43,6 +43,8 @@ class ConvLlavaPreTrainedModel(LlavaPreTrainedModel):
     """Base class of the ConvLLaVA models: LLaVA's settings (SDPA/flash/flex attention, checkpointing)."""
 
     config: ConvLlavaConfig
+    # The identity final layernorm that a stock fast_vlm folder carries for ConvNextModel; ConvLLaVA never applies it.
+    _keys_to_ignore_on_load_unexpected = [r"vision_tower\.layernorm\."]
 
 
 def per_image_hidden_states(

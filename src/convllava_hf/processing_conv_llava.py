@@ -16,6 +16,7 @@ from .chat_template import VICUNA_V1_CHAT_TEMPLATE
 from .configuration_conv_llava import num_visual_tokens
 from .grounding import post_process_grounding
 from .image_processing_conv_llava import ConvLlavaImageProcessor
+from .stock_layout import STOCK_PROCESSOR_CLASS, from_stock_processor
 
 SPIECE_UNDERLINE = "\u2581"
 
@@ -132,6 +133,26 @@ class ConvLlavaProcessor(ProcessorMixin):
             crop = json.loads((Path(vision_dir) / "preprocessor_config.json").read_text())["crop_size"]
             image_processor_kwargs["resolution"] = crop["height"] if isinstance(crop, dict) else crop
         return cls(ConvLlavaImageProcessor(**image_processor_kwargs), tokenizer)
+
+    @classmethod
+    def get_processor_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """
+        The processor settings as transformers reads them; a stock folder's `LlavaProcessor` settings (`convllava-convert
+        --layout fast_vlm`) are translated, after checking that they reproduce the original pipeline.
+        """
+        processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        if processor_dict.get("processor_class") == STOCK_PROCESSOR_CLASS:
+            where = f"{pretrained_model_name_or_path}/processor_config.json"
+            processor_dict = {**from_stock_processor(processor_dict, where), "processor_class": STOCK_PROCESSOR_CLASS}
+        return processor_dict, kwargs
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """The base loading, except that a stock folder's image processor is rebuilt as a `ConvLlavaImageProcessor`."""
+        if (processor_dict or {}).get("processor_class") != STOCK_PROCESSOR_CLASS:
+            return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+        tokenizer = cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **kwargs)
+        return [ConvLlavaImageProcessor(**processor_dict["image_processor"]), tokenizer]
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """The base layout, after refusing `text` that is neither a string nor a list of strings."""

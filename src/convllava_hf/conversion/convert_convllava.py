@@ -15,6 +15,7 @@ from ..remote_code import add_remote_code
 from .checkpoint_reader import CheckpointReader
 from .config_conversion import check_llm_settings, convert_configs
 from .errors import ConversionError
+from .layouts import LAYOUTS, rewrite_as_fast_vlm
 from .model_card import render_model_card
 from .processor_building import build_generation_config, build_processor
 from .safetensors_writer import write_safetensors
@@ -61,16 +62,21 @@ def convert_checkpoint(
     force: bool = False,
     base_models: Sequence[str] = (),
     verify: Callable[[Path], object] | None = None,
+    layout: str = "fast_vlm",
 ) -> Path:
     """
     Convert an original ConvLLaVA checkpoint into `output` (written in a sibling temp folder and moved into place when
     complete). `llm` / `vision` are local folders or Hub ids; `vision` defaults to where the original looks (the
     LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to that of most LLM weights.
-    The folder carries this package's module files (`auto_map`), so it also loads with `trust_remote_code=True`.
+    `layout` `"fast_vlm"` (the default) writes a folder that stock transformers loads (`FastVlmForConditionalGeneration`,
+    `LlavaProcessor`), or refuses naming a setting it cannot express; `"conv_llava"` writes this package's classes and
+    module files (`auto_map`), so that folder also loads with `trust_remote_code=True`.
     Tensors are streamed one at a time, so memory stays far below the size of the model. `verify` (e.g.
     `verify_conversion`) runs on the complete folder before it is moved into place: if it raises, nothing is published.
     """
     output = Path(output)
+    if layout not in LAYOUTS:
+        raise ConversionError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
     recover_interrupted_runs(output)
     check_output(output, force)
     shard_size = _parse_shard_size(max_shard_size)
@@ -104,7 +110,9 @@ def convert_checkpoint(
     generation_config = build_generation_config(llm_dir, processor)
     sources = [source if _is_hub_id(source) else Path(source).name for source in (llm, vision)]
     base_models = list(base_models) or [source for source in (llm, vision) if _is_hub_id(source)]
-    card = render_model_card(conversion.config, sources, base_models, conversion.original_vocab_size, conversion.notes)
+    card = render_model_card(
+        conversion.config, sources, base_models, conversion.original_vocab_size, conversion.notes, layout
+    )
 
     with staged_output(output, force, check=verify) as staging:
         logger.info("Writing %d tensors (%s) to %s", len(planned), out_dtype, output)
@@ -116,6 +124,8 @@ def convert_checkpoint(
         processor.save_pretrained(staging)
         add_remote_code(staging)  # the model's modules and auto_map: loads with trust_remote_code=True alone
         (staging / "README.md").write_text(card, encoding="utf-8")
+        if layout == "fast_vlm":
+            rewrite_as_fast_vlm(staging)
     return output
 
 
@@ -154,6 +164,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Reload the result and run one forward pass before moving it into place (nothing is written if it fails).",
     )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="fast_vlm",
+        help="fast_vlm (default): transformers' own FastVLM + LlavaProcessor, loaded by stock transformers and every "
+        "tool built on it, no package or remote code needed. conv_llava: this package's classes and module files.",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload the result to this Hub model repository.")
     parser.add_argument(
         "--base-model",
@@ -186,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.force,
             args.base_model,
             verify=verify if args.verify else None,
+            layout=args.layout,
         )
         print(f"Converted checkpoint written to {output}")
         if args.push_to_hub:

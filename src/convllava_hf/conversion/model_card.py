@@ -1,5 +1,8 @@
 """README.md (Hub model card) of a converted ConvLLaVA checkpoint."""
 
+import json
+from pathlib import Path
+
 from ..configuration_conv_llava import ConvLlavaConfig, num_visual_tokens
 
 BENCHMARK_SOURCE = "https://github.com/alibaba/conv-llava/blob/main/docs/Model_zoo.md"
@@ -63,25 +66,25 @@ def benchmark_section(resolution: int, sources: list[str]) -> str:
     )
 
 
-def usage_snippet(dtype: str, trust_remote_code: bool = False) -> str:
+def usage_snippet(dtype: str, loader: str = "stock") -> str:
     """
-    A copy-paste example: load, chat template, generate. With `convllava-hf` installed (`import convllava_hf`), or,
-    when `trust_remote_code`, with the module files that the folder carries and no package.
+    A copy-paste example: load, chat template, generate. `loader` is `"stock"` (plain transformers, a fast_vlm folder),
+    `"package"` (`import convllava_hf`, either layout) or `"remote_code"` (`trust_remote_code=True`, a conv_llava folder).
     """
-    if trust_remote_code:
-        package_import, remote_code = "", ", trust_remote_code=True"
-    else:
-        package_import = (
-            "\nimport convllava_hf  # registers ConvLLaVA with the Auto classes (pip install convllava-hf)\n"
-        )
-        remote_code = ""
+    package_import = (
+        "\nimport convllava_hf  # registers ConvLLaVA with the Auto classes (pip install convllava-hf)\n"
+        if loader == "package"
+        else ""
+    )
+    remote_code = ", trust_remote_code=True" if loader == "remote_code" else ""
+    backend = ', backend="pil"' if loader == "stock" else ""
     return f"""```python
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 {package_import}
 model_id = "{MODEL_ID_PLACEHOLDER}"
-processor = AutoProcessor.from_pretrained(model_id{remote_code})
+processor = AutoProcessor.from_pretrained(model_id{remote_code}{backend})
 model = AutoModelForImageTextToText.from_pretrained(
     model_id, dtype=torch.{dtype}, device_map="auto"{remote_code}
 )
@@ -96,8 +99,98 @@ print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 ```"""
 
 
+def package_snippet(dtype: str) -> str:
+    """What the package adds on either layout: `preserve` mode (any aspect ratio) and mixed-size batches."""
+    return f"""```python
+import torch
+from PIL import Image
+from convllava_hf import ConvLlavaForConditionalGeneration, ConvLlavaProcessor
+
+model_id = "{MODEL_ID_PLACEHOLDER}"
+processor = ConvLlavaProcessor.from_pretrained(model_id)
+model = ConvLlavaForConditionalGeneration.from_pretrained(model_id, dtype=torch.{dtype}, device_map="auto")
+
+question = "What is shown in this image?"
+messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": question}}]}}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+images = [Image.open("{IMAGE_PLACEHOLDER}"), Image.open("{IMAGE_PLACEHOLDER}").rotate(90, expand=True)]
+inputs = processor(
+    images=[[image] for image in images], text=[prompt, prompt], image_aspect_ratio="preserve", padding=True,
+    return_tensors="pt",
+).to(model.device, model.dtype)
+output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+print(processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```"""
+
+
+USAGE_HEADING = "## Usage\n"
+NEXT_HEADING = "## Conversion details\n"
+
+
+def usage_section(dtype: str, resolution: int, layout: str) -> str:
+    """The card's `## Usage` section for a folder in `layout` (`"fast_vlm"` or `"conv_llava"`)."""
+    if layout == "fast_vlm":
+        loading = f"""This folder is in transformers' own `fast_vlm` layout (`FastVlmForConditionalGeneration` with a
+`LlavaProcessor`): stock transformers loads it, with no extra package and no remote code, and so do the tools built
+on it (`pipeline`, `transformers serve`, vLLM, TRL).
+
+{usage_snippet(dtype)}
+
+`backend="pil"` gives the original's pixels exactly. Without it, transformers picks LLaVA's torchvision image
+processor wherever torchvision is installed, whose resizing differs from the original's PIL bicubic by up to 2 grey
+levels. `pipeline("image-text-to-text", model=model_id)` works too; pass it
+`processor=AutoProcessor.from_pretrained(model_id, backend="pil")` for the same pixels. The `convllava-hf` package (`pip install convllava-hf`)
+loads the same folder with its own classes and adds `preserve` mode (any aspect ratio, no padding to a square) and
+batches of images of different sizes:
+
+{package_snippet(dtype)}
+"""
+    else:
+        loading = f"""This folder is in the `conv_llava` layout of the `convllava-hf` package
+(`ConvLlavaForConditionalGeneration`). There are two ways to load it, with the same results. With the package
+installed (`pip install convllava-hf`):
+
+{usage_snippet(dtype, "package")}
+
+Or without it: the folder carries its own code (the `*.py` files named in the `auto_map` of `config.json` and
+`processor_config.json`), which transformers runs when you pass `trust_remote_code=True`; read those files first, as
+for any remote code. `pipeline("image-text-to-text", model=model_id, trust_remote_code=True)` works too.
+
+{usage_snippet(dtype, "remote_code")}
+
+`convllava-convert-layout FOLDER OUTPUT --layout fast_vlm` rewrites it for stock transformers (no remote code).
+"""
+    return f"""{USAGE_HEADING}
+{loading}
+Each `<image>` (one per image entry of a message) becomes `(height / 64) * (width / 64)` image tokens; images are
+padded to a square with the mean colour and resized to {resolution}x{resolution}, as in the original. Prompts follow
+the original's Vicuna-v1 conversation template (`processor.apply_chat_template`).
+
+"""
+
+
+def replace_usage_section(card_path: Path, layout: str) -> None:
+    """Rewrite the `## Usage` section of a converted folder's card (if it has one) for `layout`."""
+    if not card_path.is_file():
+        return
+    card = card_path.read_text(encoding="utf-8")
+    if USAGE_HEADING not in card or NEXT_HEADING not in card:
+        return
+    config = json.loads((card_path.parent / "config.json").read_text(encoding="utf-8"))
+    dtype = str(config["text_config"].get("dtype") or config.get("dtype") or "float32").removeprefix("torch.")
+    resolution = config.get("image_resolution") or config["convllava_layout"]["image_resolution"]
+    head, rest = card.split(USAGE_HEADING, 1)
+    tail = rest.split(NEXT_HEADING, 1)[1]
+    card_path.write_text(head + usage_section(dtype, resolution, layout) + NEXT_HEADING + tail, encoding="utf-8")
+
+
 def render_model_card(
-    config: ConvLlavaConfig, sources: list[str], base_models: list[str], original_vocab_size: int, notes: list[str]
+    config: ConvLlavaConfig,
+    sources: list[str],
+    base_models: list[str],
+    original_vocab_size: int,
+    notes: list[str],
+    layout: str = "fast_vlm",
 ) -> str:
     """The model card: Hub metadata, what was converted and how, usage, published results, license, citation."""
     resolution = config.image_resolution
@@ -116,32 +209,16 @@ def render_model_card(
 
 [ConvLLaVA](https://arxiv.org/abs/2405.15738) replaces LLaVA-1.5's ViT with a hierarchical five-stage ConvNeXt
 (total stride 64), so a {resolution}x{resolution} image costs only {config.image_seq_length} visual tokens. This
-folder is the original checkpoint ([alibaba/conv-llava](https://github.com/alibaba/conv-llava)) converted to the
-transformers-native `ConvLlavaForConditionalGeneration` of the `convllava-hf` package ({dtype} safetensors).
+folder is the original checkpoint ([alibaba/conv-llava](https://github.com/alibaba/conv-llava)) converted for
+🤗 Transformers by the `convllava-hf` package ({dtype} safetensors).
 
 Converted from: {", ".join(f"`{source}`" for source in sources)}.
 
-## Usage
+{usage_section(dtype, resolution, layout)}## Conversion details
 
-There are two ways to load this folder, with the same results. With the `convllava-hf` package installed
-(`pip install convllava-hf`):
-
-{usage_snippet(dtype)}
-
-Or without it: the folder carries its own code (the `*.py` files named in the `auto_map` of `config.json` and
-`processor_config.json`), which transformers runs when you pass `trust_remote_code=True`; read those files first, as
-for any remote code. `pipeline("image-text-to-text", model=model_id, trust_remote_code=True)` works too.
-
-{usage_snippet(dtype, trust_remote_code=True)}
-
-Each `<image>` (one per image entry of a message) becomes `(height / 64) * (width / 64)` image tokens; images are
-padded to a square with the mean colour and resized to {resolution}x{resolution}, as in the original. Prompts follow
-the original's Vicuna-v1 conversation template (`processor.apply_chat_template`).
-
-## Conversion details
-
-- Weights are unchanged apart from the dtype. Parameter names follow `ConvLlavaForConditionalGeneration`
-  (`model.vision_tower.*`, `model.multi_modal_projector.linear_1/2.*`, `model.language_model.*`, `lm_head.*`).
+- Weights are unchanged apart from the dtype. Parameter names are the same in both layouts (`model.vision_tower.*`,
+  `model.multi_modal_projector.linear_1/2.*`, `model.language_model.*`, `lm_head.*`); the `fast_vlm` layout adds the
+  ConvNeXt's final `layernorm` as identity weights (`vision_tower_layernorm.safetensors`), which FastVLM never applies.
 - `<image>` was added to the tokenizer as id {config.image_token_index}. The input embeddings and `lm_head` were
   grown from {original_vocab_size} to {padded} rows (the next multiple of 64, like the llava-hf models); every new row
   (`<image>` and {padded - original_vocab_size - 1} padding rows) is the **mean of the original rows**. Each new

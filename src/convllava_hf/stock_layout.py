@@ -1,0 +1,169 @@
+"""
+ConvLLaVA in transformers' own `fast_vlm` layout: the config and processor settings of a stock folder, translated to
+and from this package's `conv_llava` ones.
+
+A stock folder is a `FastVlmForConditionalGeneration` (the ConvNeXt's `last_hidden_state`, flattened, through the
+linear-GELU-linear projector) with a `LlavaProcessor` (`patch_size=64`, one token per 64x64 pixels, images padded to a
+square). Both layouts hold the same weights under the same names; only these settings differ.
+"""
+
+import math
+
+STOCK_MODEL_TYPE = "fast_vlm"
+STOCK_ARCHITECTURE = "FastVlmForConditionalGeneration"
+STOCK_PROCESSOR_CLASS = "LlavaProcessor"
+#: The image processor written into stock folders: LLaVA's PIL backend, whose pixels are the original's.
+STOCK_IMAGE_PROCESSOR_TYPE = "LlavaImageProcessorPil"
+#: Key of a stock config that keeps the settings only this package uses.
+STASH_KEY = "convllava_layout"
+#: Keys of a conv_llava config that the stock config does not carry (the model's remote code and its version).
+PACKAGE_ONLY_CONFIG_KEYS = ("auto_map", "convllava_code_version", "image_resolution")
+
+#: The attention a stock config declares for the FastVLM wrapper itself, which has none: tools that rebuild a model
+#: with `config._attn_implementation` (TRL's reference model) then ask for "eager", which the ConvNeXt accepts, where
+#: "sdpa" would be refused by `ConvNextModel`. Sub-models still choose their own (SDPA for the language model).
+STOCK_ATTENTION = {"": "eager"}
+
+#: The `LlavaProcessor` settings that reproduce the original `pad` pipeline.
+STOCK_PROCESSOR_SETTINGS = {"vision_feature_select_strategy": "full", "num_additional_image_tokens": 0}
+#: The image processor settings the original pipeline relies on (pad to a square, resize, centre crop).
+STOCK_IMAGE_SETTINGS = {"do_pad": True, "do_resize": True, "do_center_crop": True}
+#: Keys of a conv_llava image processor config that a stock one does not carry.
+PACKAGE_ONLY_IMAGE_KEYS = ("auto_map", "image_aspect_ratio", "resolution", "image_processor_type")
+
+
+class StockLayoutError(ValueError):
+    """Settings that one layout cannot express or that do not match ConvLLaVA's geometry; the message names them."""
+
+
+def vision_stride(vision_config: dict) -> int:
+    """Pixels per visual token along each side at the last stage of a ConvNeXt config (64 for five stages)."""
+    return vision_config.get("patch_size", 4) * 2 ** (vision_config.get("num_stages", 4) - 1)
+
+
+def to_stock_config(config: dict) -> dict:
+    """A `fast_vlm` config dict holding the model of a `conv_llava` config dict; raises for what it cannot express."""
+    layer = config.get("vision_feature_layer", -1)
+    if layer != -1:
+        raise StockLayoutError(
+            f"vision_feature_layer={layer!r}: transformers' FastVLM feeds the projector only the last ConvNeXt stage "
+            "(-1). Keep --layout conv_llava for this model."
+        )
+    vision = dict(config["vision_config"])
+    if vision.get("model_type") != "convnext":
+        raise StockLayoutError(f"vision_config.model_type={vision.get('model_type')!r}: expected 'convnext'.")
+    vision["hidden_size"] = vision["hidden_sizes"][-1]  # FastVLM sizes its projector by the tower's hidden_size
+    stock = {key: value for key, value in config.items() if key not in PACKAGE_ONLY_CONFIG_KEYS}
+    stock.update(
+        model_type=STOCK_MODEL_TYPE,
+        architectures=[STOCK_ARCHITECTURE],
+        vision_config=vision,
+        attn_implementation=STOCK_ATTENTION,
+        **{STASH_KEY: {"image_resolution": config["image_resolution"]}},
+    )
+    return stock
+
+
+def _resolution_of(config: dict, stride: int) -> int:
+    """The square side a stock config was made for: its stashed `image_resolution`, else from `image_seq_length`."""
+    seq_length = config.get("image_seq_length")
+    resolution = (config.get(STASH_KEY) or {}).get("image_resolution")
+    if resolution is None:
+        side = math.isqrt(seq_length) if isinstance(seq_length, int) and seq_length > 0 else 0
+        if side * side != seq_length:
+            raise StockLayoutError(f"image_seq_length={seq_length!r} is not the token count of a square image.")
+        resolution = side * stride
+    if not isinstance(resolution, int) or resolution <= 0 or resolution % stride:
+        raise StockLayoutError(f"{STASH_KEY}.image_resolution={resolution!r} is not a multiple of {stride}.")
+    if seq_length is not None and seq_length != (resolution // stride) ** 2:
+        raise StockLayoutError(
+            f"image_seq_length={seq_length!r} does not match a {resolution}x{resolution} image, which gives "
+            f"{(resolution // stride) ** 2} tokens at the ConvNeXt's stride of {stride} (vision_config.patch_size "
+            f"{vision_stride_description(config['vision_config'])})."
+        )
+    return resolution
+
+
+def vision_stride_description(vision_config: dict) -> str:
+    """`patch_size` and `num_stages` of a ConvNeXt config, as the stride they make, for messages."""
+    return (
+        f"{vision_config.get('patch_size', 4)} x 2^(num_stages {vision_config.get('num_stages', 4)} - 1) = "
+        f"{vision_stride(vision_config)}"
+    )
+
+
+def from_stock_config(config: dict, where: str = "config.json") -> dict:
+    """The `conv_llava` config dict of a `fast_vlm` one written for ConvLLaVA; raises naming a field that is not."""
+    vision = dict(config.get("vision_config") or {})
+    if vision.get("model_type") != "convnext":
+        raise StockLayoutError(
+            f"{where}: vision_config.model_type={vision.get('model_type')!r}; ConvLLaVA's tower is a 'convnext'."
+        )
+    if vision_stride(vision) != 64:
+        raise StockLayoutError(
+            f"{where}: the ConvNeXt's total stride is {vision_stride_description(vision)}, not ConvLLaVA's 64 "
+            "(vision_config.patch_size must be 4 and vision_config.num_stages 5)."
+        )
+    width = vision.pop("hidden_size", None)
+    if width is not None and width != vision["hidden_sizes"][-1]:
+        raise StockLayoutError(
+            f"{where}: vision_config.hidden_size={width!r} is not the last stage's width "
+            f"(vision_config.hidden_sizes[-1]={vision['hidden_sizes'][-1]!r}), which FastVLM projects."
+        )
+    for key, expected in (("vision_feature_layer", -1), ("vision_feature_select_strategy", "full")):
+        if config.get(key, expected) != expected:
+            raise StockLayoutError(f"{where}: {key}={config[key]!r}; ConvLLaVA's FastVLM layout needs {expected!r}.")
+    resolution = _resolution_of({**config, "vision_config": vision}, 64)
+    dropped = (STASH_KEY, "architectures", "attn_implementation")
+    converted = {key: value for key, value in config.items() if key not in dropped}
+    converted.update(
+        model_type="conv_llava",
+        architectures=["ConvLlavaForConditionalGeneration"],
+        vision_config=vision,
+        image_resolution=resolution,
+    )
+    return converted
+
+
+def to_stock_image_processor(image_processor: dict) -> dict:
+    """The `LlavaImageProcessorPil` settings of a `pad`-mode ConvLLaVA image processor config dict."""
+    mode = image_processor.get("image_aspect_ratio", "pad")
+    if mode != "pad":
+        raise StockLayoutError(
+            f"image_aspect_ratio={mode!r}: LlavaImageProcessor only pads images to a square (the released models' "
+            "'pad'). Keep --layout conv_llava, or use the package's processor for 'preserve'."
+        )
+    stock = {key: value for key, value in image_processor.items() if key not in PACKAGE_ONLY_IMAGE_KEYS}
+    return {**stock, **STOCK_IMAGE_SETTINGS, "image_processor_type": STOCK_IMAGE_PROCESSOR_TYPE}
+
+
+def from_stock_processor(processor: dict, where: str = "processor_config.json") -> dict:
+    """
+    The `ConvLlavaProcessor` settings (`image_processor` kwargs and `image_token`) of a stock `LlavaProcessor` config
+    dict; raises naming a field that does not reproduce the original pipeline.
+    """
+    checks = {"patch_size": 64, **STOCK_PROCESSOR_SETTINGS}
+    for key, expected in checks.items():
+        if processor.get(key, expected) != expected:
+            raise StockLayoutError(
+                f"{where}: {key}={processor[key]!r}, but ConvLLaVA needs {key}={expected!r} (one image token per "
+                "64x64 pixels of the last ConvNeXt stage, no extra tokens)."
+            )
+    image_processor = dict(processor.get("image_processor") or {})
+    for key, expected in STOCK_IMAGE_SETTINGS.items():
+        if image_processor.get(key) is not expected:
+            raise StockLayoutError(
+                f"{where}: image_processor.{key}={image_processor.get(key)!r}; the original pipeline needs {expected}."
+            )
+    crop = image_processor.get("crop_size") or {}
+    size = image_processor.get("size") or {}
+    sides = {crop.get("height"), crop.get("width"), size.get("shortest_edge")}
+    if len(sides) != 1 or not isinstance(side := sides.pop(), int) or side % 64:
+        raise StockLayoutError(
+            f"{where}: image_processor.crop_size={crop!r} and size={size!r} must be one square side, a multiple of 64."
+        )
+    kept = {key: value for key, value in image_processor.items() if key not in ("image_processor_type", "auto_map")}
+    settings = {"image_processor": {**kept, "resolution": side, "image_aspect_ratio": "pad"}}
+    if "image_token" in processor:
+        settings["image_token"] = processor["image_token"]
+    return settings
