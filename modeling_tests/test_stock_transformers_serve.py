@@ -18,7 +18,7 @@ pytest.importorskip("fastapi", reason="the transformers[serving] extra is missin
 pytest.importorskip("uvicorn", reason="the transformers[serving] extra is missing; .ci/run runs this in .venv/serve")
 
 from local_server import free_port, post_json, stop, wait_until_healthy  # noqa: E402
-from stock_standin import convert_stock_tiny  # noqa: E402
+from converted_tiny import convert_original_tiny  # noqa: E402
 from tiny_models import FIXTURE_DIR  # noqa: E402
 
 SERVER_START_TIMEOUT_S = 240
@@ -29,7 +29,7 @@ MAX_NEW_TOKENS = 8  # the original's reference generation length
 
 @pytest.fixture(scope="module")
 def stock_folder(tmp_path_factory) -> Path:
-    return convert_stock_tiny(tmp_path_factory.mktemp("serve") / "convllava-tiny-stock")
+    return convert_original_tiny(tmp_path_factory.mktemp("serve") / "convllava-tiny-stock", layout="fast_vlm")
 
 
 def messages(case: dict, image_url: str | None = None) -> list[dict]:

@@ -18,7 +18,6 @@ from transformers import AutoTokenizer
 pytest.importorskip("trl", reason="TRL is not installed; .ci/run runs this file in .venv/trl")
 
 from converted_tiny import VICUNA_SYSTEM, convert_original_tiny  # noqa: E402
-from stock_standin import convert_stock_tiny  # noqa: E402
 from tiny_models import TINY_IMAGE_TOKEN_ID  # noqa: E402
 
 IMAGE_TOKENS = 16
@@ -29,7 +28,7 @@ LAYOUTS = ["fast_vlm", "conv_llava"]
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("trl")
-    return {"fast_vlm": convert_stock_tiny(root / "stock"), "conv_llava": convert_original_tiny(root / "package")}
+    return {layout: convert_original_tiny(root / layout, layout=layout) for layout in LAYOUTS}
 
 
 @pytest.fixture(scope="module")
