@@ -82,8 +82,9 @@ def served(stock_folder, processor, tmp_path_factory) -> dict:
     return json.loads((work / "out.json").read_text())
 
 
-def test_stock_vllm_resolves_the_stock_architecture_without_the_package(served):
-    assert served["architecture"] == "FastVlmForConditionalGeneration"
+def test_stock_vllm_serves_the_stock_architecture_by_its_transformers_backend_without_the_package(served):
+    assert served["hf_architectures"] == ["FastVlmForConditionalGeneration"]
+    assert served["architecture"] == "TransformersMultiModalForCausalLM"
     assert served["transformers_backend"] is True and served["loaded_convllava_hf"] is False
 
 

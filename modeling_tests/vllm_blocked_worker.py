@@ -46,6 +46,7 @@ def main(spec_file: str, out_file: str) -> None:
             "results": [ids_of(output) for output in outputs],
             "results_one_at_a_time": [ids_of(output) for output in alone],
             "architecture": config.architecture,
+            "hf_architectures": config.hf_config.architectures,
             "transformers_backend": config.using_transformers_backend(),
             "loaded_convllava_hf": any(m.partition(".")[0] == "convllava_hf" for m in sys.modules),
         }, file)  # fmt: skip
