@@ -86,10 +86,10 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """The original-tiny fixture converted by `convllava-convert`, attention regrouped to 2 heads of 32."""
+    """The original-tiny fixture converted by `convllava-convert` in the package layout, attention as 2 heads of 32."""
     output = tmp_path_factory.mktemp("vllm") / "convllava-tiny"
     status = convllava_convert(["--llm", str(FIXTURE_DIR / "llm"), "--vision", str(FIXTURE_DIR / "vision"),
-                                "--output", str(output)])  # fmt: skip
+                                "--output", str(output), "--layout", "conv_llava"])  # fmt: skip
     assert status == 0
     config_file = output / "config.json"
     config = json.loads(config_file.read_text())
@@ -197,9 +197,10 @@ def test_remote_code_alone_runs_in_the_transformers_backend(checkpoint, processo
         for image, path in zip(case.images, paths):
             image.save(path)
         requests.append({"prompt": prompt_of(processor, case), "images": paths, "mode": case.mode})
-    spec = {"folder": str(checkpoint), "engine_args": ENGINE_ARGS, "max_tokens": MAX_NEW_TOKENS, "requests": requests}
+    llm_args = {"model": str(checkpoint), "trust_remote_code": True, "model_impl": "transformers", **ENGINE_ARGS}
+    spec = {"llm_args": llm_args, "max_tokens": MAX_NEW_TOKENS, "requests": requests}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    worker = Path(__file__).with_name("vllm_remote_code_worker.py")
+    worker = Path(__file__).with_name("vllm_blocked_worker.py")
     finished = subprocess.run(
         [sys.executable, str(worker), str(tmp_path / "spec.json"), str(tmp_path / "out.json")],
         capture_output=True, text=True, timeout=600,
