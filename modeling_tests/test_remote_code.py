@@ -40,6 +40,7 @@ MODULES = {
     "processing_conv_llava.py",
     "chat_template.py",
     "grounding.py",
+    "whole_prompt_tokenizer.py",
 }
 MODEL_MAP = {
     "AutoConfig": "configuration_conv_llava.ConvLlavaConfig",

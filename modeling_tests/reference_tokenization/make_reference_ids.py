@@ -42,11 +42,11 @@ def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX
 
 
 def entries(tokenizer, prompts: list[tuple[str, str]]) -> list[dict]:
-    """Each prompt's original ids; a prompt starting with a space also gets the ids of the rest of it."""
+    """Each prompt's original ids; a prompt starting with a space (or "▁") also gets the ids of the rest of it."""
     rows = []
     for name, prompt in prompts:
         row = {"name": name, "prompt": prompt, "input_ids": tokenizer_image_token(prompt, tokenizer)}
-        if prompt.startswith(" "):
+        if prompt.startswith((" ", "\u2581")):
             row["input_ids_without_the_leading_space"] = tokenizer_image_token(prompt[1:], tokenizer)
         rows.append(row)
     return rows
@@ -64,7 +64,8 @@ def main(output: Path) -> None:
         "llama2": entries(llama2, all_prompts()),
         "original_tiny_conversations": entries(tiny, whole),
     }
-    lines = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in reference.items() if not isinstance(value, list))
+    header = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in reference.items() if isinstance(value, str)]
+    lines = ",\n".join(header)
     for key in ("llama2", "original_tiny_conversations"):
         rows = ",\n".join(f"    {json.dumps(row, ensure_ascii=False)}" for row in reference[key])
         lines += f',\n  "{key}": [\n{rows}\n  ]'
