@@ -84,6 +84,12 @@ def package_ids(text: str, original_ids: Callable[[str], list[int]], dummy_prefi
     return [bos, dummy_prefix_id, *ids]
 
 
+def package_ids_of_row(row: dict, dummy_prefix_id: int) -> list[int]:
+    """`package_ids` of a `reference_tokenization/reference_ids.json` row (-200 where each image goes)."""
+    rest = row.get("input_ids_without_the_leading_space")
+    return package_ids(row["prompt"], lambda text: row["input_ids"] if text == row["prompt"] else rest, dummy_prefix_id)
+
+
 def expanded(input_ids: list[int]) -> list[int]:
     """Reference ids with each -200 replaced by the fixture's 16 image-token ids."""
     return [token for i in input_ids for token in ([IMAGE_TOKEN_ID] * TOKENS_PER_IMAGE if i == -200 else [i])]

@@ -139,8 +139,8 @@ def test_tokenization_matches_the_original_slow_tokenizer_on_any_text(
     assert reloaded(images=images, text=text)["input_ids"] == [expected]
     # the saved tokenizer alone, on the unexpanded text (as vLLM tokenises a prompt): one id per <image>
     tokenizer = reloaded.tokenizer
-    one_id = package_ids(text, lambda t: original_input_ids(t, original_tokenizer, [1] * len(counts), IMAGE_TOKEN_ID), 741)  # fmt: skip
-    assert tokenizer(text)["input_ids"] == one_id
+    one_id = lambda t: original_input_ids(t, original_tokenizer, [1] * len(counts), IMAGE_TOKEN_ID)  # noqa: E731
+    assert tokenizer(text)["input_ids"] == package_ids(text, one_id, 741)
 
 
 def test_text_after_an_image_starting_with_a_space_keeps_the_dummy_prefix(processor, original_tokenizer):

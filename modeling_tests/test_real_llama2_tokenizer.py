@@ -16,7 +16,7 @@ from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizer, PreTraine
 
 from convllava_hf import ConvLlavaProcessor
 from convllava_hf.whole_prompt_tokenizer import SPIECE_UNDERLINE
-from original_tokenization import package_ids
+from original_tokenization import package_ids_of_row
 from tiny_models import FIXTURE_DIR
 
 LLAMA2_DIR = FIXTURE_DIR.parent / "llama2-tokenizer"
@@ -31,11 +31,7 @@ DUMMY_PREFIX_ID = 29871  # "▁"
 
 def expected_ids(row: dict, image_tokens: int = 1) -> list[int]:
     """The row's ids as this package gives them (see `package_ids`), each -200 as `image_tokens` image ids."""
-    ids = package_ids(
-        row["prompt"],
-        lambda text: row["input_ids"] if text == row["prompt"] else row["input_ids_without_the_leading_space"],
-        DUMMY_PREFIX_ID,
-    )
+    ids = package_ids_of_row(row, DUMMY_PREFIX_ID)
     return [token for i in ids for token in ([IMAGE_TOKEN_ID] * image_tokens if i == -200 else [i])]
 
 
@@ -100,18 +96,23 @@ def test_the_one_difference_is_no_extra_dummy_prefix_before_a_leading_space(save
     tokenizer = PreTrainedTokenizerFast.from_pretrained(saved)
     row = HAND["text_starting_with_a_space"]  # " Hello world"
     assert tokenizer.convert_ids_to_tokens(row["input_ids"]) == ["<s>", SPIECE_UNDERLINE, "\u2581Hello", "\u2581world"]
-    assert tokenizer.convert_ids_to_tokens(tokenizer(row["prompt"])["input_ids"]) == ["<s>", "\u2581Hello", "\u2581world"]
+    assert tokenizer.convert_ids_to_tokens(tokenizer(row["prompt"])["input_ids"]) == [
+        "<s>",
+        "\u2581Hello",
+        "\u2581world",
+    ]
 
 
-@pytest.mark.parametrize("completion, first", [(" The circle is red.", "\u2581The"), (" 42", "\u2581")])  # digits split
+@pytest.mark.parametrize("completion, first", [(" The circle is red.", "\u2581The"), (" 42", "\u2581")])
 def test_a_completion_tokenised_alone_joins_its_prompt_as_in_the_whole_conversation(saved, completion, first):
     """What TRL's prompt-completion collators build: prompt and completion tokenised apart, then concatenated."""
     tokenizer = PreTrainedTokenizerFast.from_pretrained(saved)
-    rows = [row for row in ROWS if row["name"].startswith("conversation_") and row["prompt"].endswith(completion + "</s>")]  # fmt: skip
+    answer = completion + "</s>"
+    rows = [row for row in ROWS if row["name"].startswith("conversation_") and row["prompt"].endswith(answer)]
     assert rows
     for row in rows:
-        prompt = row["prompt"][: -len(completion + "</s>")]
-        ids = tokenizer(prompt)["input_ids"] + tokenizer(completion + "</s>", add_special_tokens=False)["input_ids"]
+        ids = tokenizer(row["prompt"][: -len(answer)])["input_ids"]
+        ids += tokenizer(answer, add_special_tokens=False)["input_ids"]
         assert ids == expected_ids(row)
     assert tokenizer.convert_ids_to_tokens(tokenizer(completion, add_special_tokens=False)["input_ids"])[0] == first
 

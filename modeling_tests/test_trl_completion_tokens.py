@@ -16,8 +16,8 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
 
-from convllava_hf import ConvLlavaProcessor  # noqa: E402
 from converted_tiny import convert_original_tiny  # noqa: E402
+from convllava_hf import ConvLlavaProcessor  # noqa: E402
 from tiny_models import FIXTURE_DIR, TINY_TEXT, tiny_model  # noqa: E402
 
 REFERENCE = json.loads(
@@ -32,7 +32,8 @@ def fixture_setup(tmp_path_factory):
     """The converted original-tiny fixture, and its original whole-conversation ids (4.39.3's slow tokenizer)."""
     folder = convert_original_tiny(tmp_path_factory.mktemp("converted") / "model")
     rows = {row["name"]: row for row in REFERENCE["original_tiny_conversations"]}
-    return AutoModelForImageTextToText.from_pretrained(folder), AutoProcessor.from_pretrained(folder), rows[CONVERSATION]
+    model, processor = AutoModelForImageTextToText.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
+    return model, processor, rows[CONVERSATION]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def llama2_setup(tmp_path_factory):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     rows = {row["name"]: row for row in REFERENCE["llama2"]}
-    return AutoModelForImageTextToText.from_pretrained(folder), AutoProcessor.from_pretrained(folder), rows[CONVERSATION]
+    model, processor = AutoModelForImageTextToText.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
+    return model, processor, rows[CONVERSATION]
 
 
 def trained_batch(kind: str, model, processor, output_dir: Path) -> dict:
@@ -56,10 +58,12 @@ def trained_batch(kind: str, model, processor, output_dir: Path) -> dict:
     settings |= dict(use_cpu=True, bf16=False, save_strategy="no", dataloader_num_workers=0)
     if kind == "dpo":
         data = [example | {"chosen": reply(ANSWER), "rejected": reply("The circle is blue.")}] * 2
-        trainer = DPOTrainer(model=model, args=DPOConfig(**settings), train_dataset=Dataset.from_list(data), processing_class=processor)  # fmt: skip
+        trainer = DPOTrainer(model=model, args=DPOConfig(**settings), train_dataset=Dataset.from_list(data),
+                             processing_class=processor)  # fmt: skip
     else:
         data = [example | {"completion": reply(ANSWER)}] * 2
-        trainer = SFTTrainer(model=model, args=SFTConfig(**settings), train_dataset=Dataset.from_list(data), processing_class=processor)  # fmt: skip
+        trainer = SFTTrainer(model=model, args=SFTConfig(**settings), train_dataset=Dataset.from_list(data),
+                             processing_class=processor)  # fmt: skip
     batches, collate = [], trainer.data_collator
     trainer.data_collator = lambda examples: batches.append(collate(examples)) or batches[-1]
     trainer.train()
@@ -68,9 +72,7 @@ def trained_batch(kind: str, model, processor, output_dir: Path) -> dict:
 
 @pytest.mark.parametrize("kind", ["dpo", "sft"])
 @pytest.mark.parametrize("setup", ["fixture_setup", "llama2_setup"])
-def test_trl_trains_on_the_original_whole_conversation_with_the_answers_own_first_piece(
-    request, setup, kind, tmp_path
-):
+def test_trl_trains_on_the_original_whole_conversation_with_the_answers_own_first_piece(request, setup, kind, tmp_path):
     model, processor, original = request.getfixturevalue(setup)
     batch = trained_batch(kind, model, processor, tmp_path)
     keep = batch["attention_mask"][0].bool()  # row 0: the chosen (DPO) or only completion (SFT)
@@ -80,6 +82,7 @@ def test_trl_trains_on_the_original_whole_conversation_with_the_answers_own_firs
     assert tokenizer.convert_ids_to_tokens(ids[trained.index(1)]) == "\u2581The"
     assert trained == sorted(trained) and ids[-1] == tokenizer.eos_token_id  # the answer, to its end of sequence
     per_image = ids.count(processor.image_token_id)
-    expected = [token for i in original["input_ids"] for token in ([processor.image_token_id] * per_image if i == -200 else [i])]  # fmt: skip
+    image = [processor.image_token_id] * per_image
+    expected = [token for i in original["input_ids"] for token in (image if i == -200 else [i])]
     # TRL's collators tokenise with add_special_tokens=False (for templates that render the BOS); Vicuna's does not
     assert [tokenizer.bos_token_id] + ids == expected

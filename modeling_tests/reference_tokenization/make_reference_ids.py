@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import transformers
-from transformers import AutoTokenizer
-
 from prompts import all_prompts, conversations
+from transformers import AutoTokenizer
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"

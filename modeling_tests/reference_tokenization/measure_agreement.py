@@ -1,7 +1,8 @@
 """
 Count the prompts of `reference_ids.json` whose ids this package reproduces on the real Llama-2 tokenizer: through the
-processor (images expanded) and through its saved `tokenizer.json` alone (one id per `<image>`), exactly and up to the one designed difference (a text starting with a space gets no extra
-dummy prefix, `package_ids`). Run with the package's `src` on PYTHONPATH:
+processor (images expanded) and through its saved `tokenizer.json` alone (one id per `<image>`), exactly and up to
+the one designed difference (a text starting with a space gets no extra dummy prefix, `package_ids`). Run with the
+package's `src` on PYTHONPATH:
 
     PYTHONPATH=src python modeling_tests/reference_tokenization/measure_agreement.py
 """
@@ -19,7 +20,7 @@ from convllava_hf import ConvLlavaProcessor
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"
 sys.path.insert(0, str(HERE.parent))
-from original_tokenization import package_ids  # noqa: E402
+from original_tokenization import package_ids_of_row  # noqa: E402
 
 
 def expand(ids: list[int], image_token_id: int, count: int) -> list[int]:
@@ -37,11 +38,7 @@ def main() -> None:
     counts = {"processor": [0, 0], "saved tokenizer.json": [0, 0]}  # [exact, up to the leading-space difference]
     for row in rows:
         images = [image] * row["prompt"].count("<image>") or None
-        designed = package_ids(
-            row["prompt"],
-            lambda text: row["input_ids"] if text == row["prompt"] else row["input_ids_without_the_leading_space"],
-            processor.tokenizer.convert_tokens_to_ids("\u2581"),
-        )
+        designed = package_ids_of_row(row, processor.tokenizer.convert_tokens_to_ids("\u2581"))
         got = {
             "processor": (processor(images=images, text=row["prompt"])["input_ids"][0], per_image),
             "saved tokenizer.json": (saved(row["prompt"])["input_ids"], 1),
@@ -50,7 +47,8 @@ def main() -> None:
             counts[name][0] += ids == expand(row["input_ids"], processor.image_token_id, tokens_per_image)
             counts[name][1] += ids == expand(designed, processor.image_token_id, tokens_per_image)
     for name, (exact, designed) in counts.items():
-        print(f"{name}: {exact}/{len(rows)} prompts exactly as the original, {designed}/{len(rows)} up to a leading space")
+        total = len(rows)
+        print(f"{name}: {exact}/{total} prompts exactly as the original, {designed}/{total} up to a leading space")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,12 @@ HAND_CASES = [
     ("image_then_space", ask("<image> What is this?")),
     ("several_images", ask("<image>\n<image>\nCompare the two images.")),
     ("adjacent_images", ask("<image><image> Which is larger?")),
-    ("images_in_two_turns", vicuna_v1([("USER", "<image>\nFirst?"), ("ASSISTANT", "A cat."), ("USER", "<image> Second?"), ("ASSISTANT", None)])),  # fmt: skip
+    (
+        "images_in_two_turns",
+        vicuna_v1(
+            [("USER", "<image>\nFirst?"), ("ASSISTANT", "A cat."), ("USER", "<image> Second?"), ("ASSISTANT", None)]
+        ),
+    ),
     ("leading_spaces", ask("   What is this?")),
     ("trailing_spaces", ask("What is this?   ")),
     ("repeated_spaces", ask("What  is   this    image?")),
@@ -65,9 +70,20 @@ HAND_CASES = [
     ("literal_eos_in_user_text", ask("What does </s> mean in a prompt?")),
     ("literal_bos_in_user_text", ask("Is <s> a tag?")),
     ("literal_tokens_after_image", ask("<image></s> and <s> here")),
-    ("grounding_question", ask("<image>\nPlease provide the bounding box coordinate of the region this sentence describes: the red car.")),  # fmt: skip
-    ("grounding_answer", vicuna_v1([("USER", "<image>\nWhere is the dog?"), ("ASSISTANT", BOX), ("USER", "And the cat?"), ("ASSISTANT", None)])),  # fmt: skip
-    ("grounding_answer_with_text", vicuna_v1([("USER", "<image>\nFind the cup."), ("ASSISTANT", f"The cup is at {BOX}.")])),  # fmt: skip
+    (
+        "grounding_question",
+        ask("<image>\nPlease provide the bounding box coordinate of the region this sentence describes: the red car."),
+    ),
+    (
+        "grounding_answer",
+        vicuna_v1(
+            [("USER", "<image>\nWhere is the dog?"), ("ASSISTANT", BOX), ("USER", "And the cat?"), ("ASSISTANT", None)]
+        ),
+    ),
+    (
+        "grounding_answer_with_text",
+        vicuna_v1([("USER", "<image>\nFind the cup."), ("ASSISTANT", f"The cup is at {BOX}.")]),
+    ),
     ("empty_text", ""),
     ("only_image", "<image>"),
     ("only_spaces", "   "),

@@ -80,9 +80,7 @@ NORMALIZER_SPEC = dict(
 def model_from_gguf(path: Path) -> bytes:
     """The serialized sentencepiece model of a vocab-only llama GGUF's pieces, scores and token types."""
     fields = gguf.GGUFReader(path).fields
-    pieces, scores, types = (
-        fields[f"tokenizer.ggml.{name}"].contents() for name in ("tokens", "scores", "token_type")
-    )
+    pieces, scores, types = (fields[f"tokenizer.ggml.{name}"].contents() for name in ("tokens", "scores", "token_type"))
     proto = sentencepiece_model_pb2.ModelProto()
     for piece, score, kind in zip(pieces, scores, types, strict=True):
         entry = proto.pieces.add(piece=piece, score=score)

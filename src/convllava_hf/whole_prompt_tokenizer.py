@@ -34,7 +34,11 @@ def whole_prompt_normalizer(added_tokens: list[str], image_token: str) -> dict:
         "type": "Sequence",
         "normalizers": [
             {"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE},
-            {"type": "Replace", "pattern": {"Regex": rf"\A(?!{SPIECE_UNDERLINE}){not_before}"}, "content": SPIECE_UNDERLINE},  # fmt: skip
+            {
+                "type": "Replace",
+                "pattern": {"Regex": rf"\A(?!{SPIECE_UNDERLINE}){not_before}"},
+                "content": SPIECE_UNDERLINE,
+            },
             {
                 "type": "Replace",
                 "pattern": {"Regex": rf"(?<={re.escape(image_token)}){not_before}"},
@@ -45,7 +49,7 @@ def whole_prompt_normalizer(added_tokens: list[str], image_token: str) -> dict:
 
 
 def _is_whole_prompt(backend: dict) -> bool:
-    """A `tokenizer.json` this module wrote, in this version or an earlier one (spaces replaced first, no pre-tokenizer)."""
+    """A `tokenizer.json` this module wrote, now or in an earlier version (spaces replaced first, no pre-tokenizer)."""
     normalizers = (backend.get("normalizer") or {}).get("normalizers") or [{}]
     return backend.get("pre_tokenizer") is None and normalizers[0].get("pattern") == {"String": " "}
 
