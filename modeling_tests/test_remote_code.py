@@ -41,6 +41,7 @@ MODULES = {
     "chat_template.py",
     "grounding.py",
     "stock_layout.py",
+    "whole_prompt_tokenizer.py",
 }
 MODEL_MAP = {
     "AutoConfig": "configuration_conv_llava.ConvLlavaConfig",

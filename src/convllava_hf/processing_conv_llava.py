@@ -6,8 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from tokenizers import Tokenizer
-from transformers import AddedToken, LlamaTokenizer, TokenizersBackend
+from transformers import AddedToken, LlamaTokenizer
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging
@@ -17,71 +16,9 @@ from .configuration_conv_llava import num_visual_tokens
 from .grounding import post_process_grounding
 from .image_processing_conv_llava import ConvLlavaImageProcessor
 from .stock_layout import STOCK_PROCESSOR_CLASS, from_stock_processor
-
-SPIECE_UNDERLINE = "\u2581"
+from .whole_prompt_tokenizer import original_exact_tokenizer
 
 logger = logging.get_logger(__name__)
-
-
-#: Call defaults set when a tokenizer was created, carried over to its whole-prompt copy.
-CALL_DEFAULTS = ("padding", "max_length", "truncation", "pad_to_multiple_of", "truncation_side")
-
-
-def original_exact_tokenizer(
-    tokenizer: PreTrainedTokenizerBase, image_token: str = "<image>"
-) -> TokenizersBackend | None:
-    """
-    A copy of a sentencepiece-style Llama tokenizer (BPE + Metaspace, no legacy prefixing, e.g. Vicuna's) that
-    tokenises whole prompts, `image_token` included as one token, exactly as the original ConvLLaVA's
-    `tokenizer_image_token` did with the slow `LlamaTokenizer` (`legacy=False`): the prompt split on `image_token`, each
-    piece tokenised with its own dummy prefix. `None` for any other kind of tokenizer.
-
-    So the text at the start and after every `image_token` gets sentencepiece's dummy prefix "▁", even when it starts
-    with a space (`"<image> Hi"` -> `<image>`, "▁", "▁Hi"); text after any other added token (`</s>`, ...) gets none,
-    and nothing gets one right before an added token. This lives in the `tokenizer.json` normalizer (added tokens are
-    matched after it), so engines that tokenise whole prompts with the checkpoint's tokenizer, like vLLM, get the same
-    ids; `image_token * n` encodes to `n` image-token ids.
-    """
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    pre_tokenizer = backend.get("pre_tokenizer") or {}
-    if (
-        backend["model"]["type"] != "BPE"
-        or backend.get("normalizer")
-        or pre_tokenizer.get("type") != "Metaspace"
-        or pre_tokenizer.get("prepend_scheme") != "first"
-    ):
-        return None
-    if image_token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
-        backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    added = "|".join(re.escape(token["content"]) for token in backend["added_tokens"])
-    not_before_added = rf"(?!{added}|\z)"
-    backend["normalizer"] = {
-        "type": "Sequence",
-        "normalizers": [  # spaces as "▁", then the dummy prefixes as zero-width insertions
-            {"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE},
-            {"type": "Replace", "pattern": {"Regex": rf"\A{not_before_added}"}, "content": SPIECE_UNDERLINE},
-            {
-                "type": "Replace",
-                "pattern": {"Regex": rf"(?<={re.escape(image_token)}){not_before_added}"},
-                "content": SPIECE_UNDERLINE,
-            },
-        ],
-    }
-    backend["pre_tokenizer"] = None
-    for token in backend["added_tokens"]:
-        token["normalized"] = True  # matched after the normalizer, which needs to see them
-    return TokenizersBackend(
-        tokenizer_object=Tokenizer.from_str(json.dumps(backend)),
-        bos_token=tokenizer.bos_token,
-        eos_token=tokenizer.eos_token,
-        unk_token=tokenizer.unk_token,
-        pad_token=tokenizer.pad_token,
-        padding_side=tokenizer.padding_side,
-        model_max_length=tokenizer.model_max_length,
-        clean_up_tokenization_spaces=False,
-        **{key: tokenizer.init_kwargs[key] for key in CALL_DEFAULTS if key in tokenizer.init_kwargs},
-    )
 
 
 class ConvLlavaProcessor(ProcessorMixin):
@@ -252,4 +189,4 @@ class ConvLlavaProcessor(ProcessorMixin):
         return post_process_grounding(texts, image_sizes, mode, clip)
 
 
-__all__ = ["ConvLlavaProcessor", "original_exact_tokenizer"]
+__all__ = ["ConvLlavaProcessor"]
