@@ -163,6 +163,7 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
         """
         Mask of the image-token positions. Raises a `ValueError` naming both counts if the number of image tokens
         differs from the number of image features (a `torch_compilable_check`: no host synchronisation under compile).
+        On the meta device, which has no values to count, the mask is returned unchecked.
         """
         if input_ids is None:
             image_embedding = self.get_input_embeddings()(
@@ -171,6 +172,8 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
             special_image_mask = (inputs_embeds == image_embedding).all(-1)
         else:
             special_image_mask = input_ids == self.config.image_token_id
+        if special_image_mask.device.type == "meta":
+            return special_image_mask.unsqueeze(-1)
         num_image_tokens = special_image_mask.sum()
         num_image_features = image_features.shape[0]
         torch_compilable_check(
@@ -195,12 +198,13 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
         them, and an input longer than `max_position_embeddings` warns once.
 
         The ids check costs a host synchronisation, so it runs in eager mode on prompts only: not on the one-token
-        steps that `generate` decodes with a cache (their ids come from the model itself), and not under
-        `torch.compile`, where it could only add a message-less assertion and a synchronisation to the graph.
+        steps that `generate` decodes with a cache (their ids come from the model itself), not under `torch.compile`,
+        where it could only add a message-less assertion and a synchronisation to the graph, and not on the meta
+        device, which has no values.
         """
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         decoding_step = input_ids is not None and input_ids.shape[1] == 1 and cache is not None
-        if input_ids is not None and not decoding_step and not torch.compiler.is_compiling():
+        if input_ids is not None and not decoding_step:
             embeddings = self.get_input_embeddings()
             vocab_size = getattr(embeddings, "num_embeddings", self.config.text_config.vocab_size)
             check_token_ids(input_ids, vocab_size, self.config.image_token_id)
