@@ -15,7 +15,7 @@ from transformers.utils import logging
 from .chat_template import VICUNA_V1_CHAT_TEMPLATE
 from .configuration_conv_llava import num_visual_tokens
 from .grounding import post_process_grounding
-from .image_processing_conv_llava import ConvLlavaImageProcessor
+from .image_processing_conv_llava import ConvLlavaImageProcessor, auto_map_in_files_only
 
 SPIECE_UNDERLINE = "\u2581"
 
@@ -132,6 +132,11 @@ class ConvLlavaProcessor(ProcessorMixin):
             crop = json.loads((Path(vision_dir) / "preprocessor_config.json").read_text())["crop_size"]
             image_processor_kwargs["resolution"] = crop["height"] if isinstance(crop, dict) else crop
         return cls(ConvLlavaImageProcessor(**image_processor_kwargs), tokenizer)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """As transformers saves; `auto_map` goes into the files only, so `to_dict()` is the same after a reload."""
+        with auto_map_in_files_only(self, self.image_processor):
+            return super().save_pretrained(save_directory, *args, **kwargs)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """The base layout, after refusing `text` that is neither a string nor a list of strings."""
