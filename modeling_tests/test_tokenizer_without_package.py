@@ -37,7 +37,11 @@ def converted(tmp_path_factory) -> Path:
 def test_auto_tokenizer_with_trust_remote_code_loads_silently_without_the_package(converted):
     finished = subprocess.run(
         [sys.executable, "-c", WORKER, str(converted), PROMPT],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert finished.stderr == ""  # no "[y/N]" prompt, no model-type warning
