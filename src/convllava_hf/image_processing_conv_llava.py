@@ -259,6 +259,8 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         if isinstance(image, PIL.Image.Image):
             _check_pixel_count(image.height, image.width)
             return _upright_rgb(image)
+        if isinstance(image, torch.Tensor) and image.dtype == torch.bfloat16:
+            image = image.float()  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
         if 0 in np.shape(image):
             raise ValueError(f"Got an empty image array of shape {tuple(np.shape(image))}.")
         if kwargs.get("do_rescale") is False and is_scaled_image(np.asarray(image)):
