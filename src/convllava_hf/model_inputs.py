@@ -77,6 +77,28 @@ def split_images(pixel_values: ImageInput, image_sizes: torch.Tensor | Sequence 
     return images
 
 
+def check_pixel_dtypes(images: Sequence[torch.Tensor]) -> None:
+    """
+    Refuse integer pixel values (e.g. uint8 0..255 straight from an image): the model takes the processor's
+    normalised floats. A dtype check: free on any device and under `torch.compile`.
+    """
+    dtypes = sorted({str(image.dtype) for image in images if not image.is_floating_point()})
+    if dtypes:
+        raise ValueError(
+            f"pixel_values hold {', '.join(dtypes)} values; the model takes the normalised float pixels that "
+            "ConvLlavaProcessor (or ConvLlavaImageProcessor) makes from images, not raw pixel values."
+        )
+
+
+def check_token_id_dtype(input_ids: torch.Tensor) -> None:
+    """Refuse `input_ids` that are not integer token ids (the embedding lookup would fail with a bare error)."""
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"input_ids must be integer token ids (torch.long), got {input_ids.dtype}; the processor's or the "
+            "tokenizer's input_ids are."
+        )
+
+
 def values_are_readable(tensor: torch.Tensor) -> bool:
     """
     Whether a check may read `tensor`'s values: not on the meta device (shapes only, `.item()` is impossible) and not
