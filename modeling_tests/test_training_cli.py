@@ -11,6 +11,7 @@ from bitsandbytes.nn import Linear4bit
 
 from convllava_hf.training import STAGE_PRESETS, freeze_for_stage, gradient_accumulation_steps, parse_args
 from convllava_hf.training.cli import build_trainer
+from convllava_hf.training.cli import main as train_main
 from test_training_stages import build_dataset, save_base_model
 from tiny_models import tiny_model
 
@@ -172,3 +173,11 @@ def test_example_script_shows_the_stage_options():
     assert result.returncode == 0, result.stderr
     for flag in ("--stage", "--model", "--data", "--image_folder", "--output", "--global_batch_size", "--lora"):
         assert flag in result.stdout
+
+
+def test_a_missing_data_file_is_one_line_naming_it_before_anything_loads(tmp_path):
+    missing = tmp_path / "nowhere" / "data.json"
+    argv = ["--stage=3", f"--model={tmp_path / 'no-model'}", f"--data={missing}", f"--output={tmp_path / 'out'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(argv)
+    assert exit_info.value.code == f"convllava-train: --data {missing}: no such file."

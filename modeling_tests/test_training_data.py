@@ -214,6 +214,20 @@ def test_jsonl_files_are_read_line_by_line(processor, tmp_path):
     assert [record.id for record in LlavaDataset(path, processor).records] == ["0", "1", "2"]
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("data.jsonl", '{"id": "0"}\n\n{"id": "2"}\n{"id": 3,\n', r"data.jsonl, line 4: invalid JSON \(Expecting"),
+        ("data.json", '[{"id": "0"},\n {"id": "1"},\n {"id" "2"}]', r"data.json, line 3: invalid JSON \(Expecting ':'"),
+    ],
+)
+def test_invalid_json_names_the_file_and_its_real_line(processor, tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        LlavaDataset(path, processor)
+
+
 def test_collator_pads_to_the_longest_sample_and_gathers_every_image():
     def feature(length: int, images: list[tuple[int, int]]) -> dict:
         sample = {"input_ids": torch.arange(3, 3 + length), "labels": torch.arange(3, 3 + length)}

@@ -4,6 +4,7 @@
 the reason, where Gradio, gradio_client, Selenium or Debian's chromium/chromium-driver are missing.
 """
 
+import os
 import shutil
 import socket
 import subprocess
@@ -293,12 +294,21 @@ def test_a_failed_generation_gives_the_message_back_and_keeps_the_conversation(d
     assert message_box.value == message and message_box.interactive
 
 
-def _chromium():
-    """A headless Chromium driven by Selenium, or a skip naming what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium is not installed")
+@pytest.fixture(scope="module")
+def chromium_driver():
+    """
+    Selenium's webdriver module and Debian's chromium and chromedriver paths, or a skip naming what is missing
+    (module-scoped and requested first, so that the skip comes before the server starts).
+    """
+    webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium is not installed (pip install selenium)")
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not browser or not driver:
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium-driver)")
+    return webdriver, browser, driver
+
+
+def _chromium(webdriver, browser: str, driver: str):
+    """A headless Chromium driven by Selenium."""
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"]:
@@ -308,11 +318,13 @@ def _chromium():
     return chrome
 
 
-def test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token_count(server, images, tmp_path):
+def test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token_count(
+    chromium_driver, server, images, tmp_path
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = _chromium()
+    browser = _chromium(*chromium_driver)
     try:
         browser.get(server[0])
         wait = WebDriverWait(browser, 60)
@@ -334,3 +346,17 @@ def test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token
         assert picture.size == (1400, 1000) or picture.width >= 1000
         colours = np.unique(np.asarray(picture.convert("RGB").resize((64, 64))).reshape(-1, 3), axis=0)
     assert len(colours) > 20  # a rendered page, not a blank one
+
+
+def test_the_browser_test_skips_naming_selenium_where_gradio_is_installed_but_selenium_is_not(tmp_path):
+    shadow = tmp_path / "selenium"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'selenium'\", name='selenium')\n")
+    test = f"{__file__}::test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token_count"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    finished = subprocess.run(
+        [sys.executable, "-m", "pytest", test, "-q", "-rs", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:]
+    assert "1 skipped" in finished.stdout and "Selenium is not installed" in finished.stdout

@@ -1,5 +1,6 @@
 """Image processor of ConvLLaVA: the original "pad" pipeline, bit for bit, plus an aspect-ratio preserving mode."""
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -25,6 +26,20 @@ logger = logging.get_logger(__name__)
 
 ASPECT_RATIO_MODES = ("pad", "preserve")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+@contextlib.contextmanager
+def auto_map_in_files_only(*objects):
+    """
+    Remove the `auto_map` attribute that transformers' `save_pretrained` sets on `objects` to write it into the files.
+    `auto_map` says where a saved folder's code is: it belongs in the folder, not in the objects, whose `to_dict()` is
+    then the same before a save, after it and after a reload.
+    """
+    try:
+        yield
+    finally:
+        for obj in objects:
+            obj.__dict__.pop("auto_map", None)
 
 
 class ConvLlavaImageProcessorKwargs(ImagesKwargs, total=False):
@@ -180,7 +195,13 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
     image_aspect_ratio = "pad"
 
     def __init__(self, **kwargs: Unpack[ConvLlavaImageProcessorKwargs]):
+        kwargs.pop("auto_map", None)  # a saved folder's pointer to its code (see `auto_map_in_files_only`)
         super().__init__(**_resolve_size_settings(kwargs))
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """As transformers saves; `auto_map` goes into the files only (see `auto_map_in_files_only`)."""
+        with auto_map_in_files_only(self):
+            return super().save_pretrained(save_directory, *args, **kwargs)
 
     def preprocess(self, images: ImageInput, *args, **kwargs: Unpack[ConvLlavaImageProcessorKwargs]) -> BatchFeature:
         """As in transformers; `size` / `crop_size` set the `resolution` of this call (see `_resolve_size_settings`)."""
@@ -238,6 +259,8 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         if isinstance(image, PIL.Image.Image):
             _check_pixel_count(image.height, image.width)
             return _upright_rgb(image)
+        if isinstance(image, torch.Tensor) and image.dtype == torch.bfloat16:
+            image = image.float()  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
         if 0 in np.shape(image):
             raise ValueError(f"Got an empty image array of shape {tuple(np.shape(image))}.")
         if kwargs.get("do_rescale") is False and is_scaled_image(np.asarray(image)):

@@ -14,7 +14,7 @@ from transformers.utils import logging
 from .chat_template import VICUNA_V1_CHAT_TEMPLATE
 from .configuration_conv_llava import num_visual_tokens
 from .grounding import post_process_grounding
-from .image_processing_conv_llava import ConvLlavaImageProcessor
+from .image_processing_conv_llava import ConvLlavaImageProcessor, auto_map_in_files_only
 from .stock_layout import STOCK_PROCESSOR_CLASS, from_stock_processor
 from .whole_prompt_tokenizer import original_exact_tokenizer
 
@@ -92,14 +92,32 @@ class ConvLlavaProcessor(ProcessorMixin):
         tokenizer = cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **kwargs)
         return [ConvLlavaImageProcessor(**processor_dict["image_processor"]), tokenizer]
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """As transformers saves; `auto_map` goes into the files only, so `to_dict()` is the same after a reload."""
+        with auto_map_in_files_only(self, self.image_processor):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """The base layout, after refusing `text` that is neither a string nor a list of strings."""
+        """
+        The base layout, after refusing `text` that is neither a string nor a list of strings and `images` that mix
+        single images with rows (lists) of images. An empty list of images (`[]`, or only empty rows) means no images.
+        """
         if text is not None and not (
             isinstance(text, str) or (isinstance(text, (list, tuple)) and all(isinstance(item, str) for item in text))
         ):
             raise ValueError(
                 f"`text` must be a string or a list of strings, got {type(text).__name__}: {str(text)[:80]!r}."
             )
+        if isinstance(images, (list, tuple)):
+            is_row = [isinstance(item, (list, tuple)) for item in images]
+            if any(is_row) and not all(is_row):
+                kinds = ", ".join("row" if row else "image" for row in is_row)
+                raise ValueError(
+                    "`images` must be a flat list of images or a list of rows (one list of images per text), not a "
+                    f"mix of both: got [{kinds}]."
+                )
+            if all(row and not item for row, item in zip(is_row, images)):
+                images = None  # [] or [[], ...]: text-only, as with images=None
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
@@ -112,7 +130,7 @@ class ConvLlavaProcessor(ProcessorMixin):
             return
         if not any(isinstance(row, (list, tuple)) for row in images):
             return
-        rows = [len(row) if isinstance(row, (list, tuple)) else 1 for row in images]
+        rows = [len(row) for row in images]  # all rows: prepare_inputs_layout refuses a mix
         markers = [sample.count(self.image_token) for sample in text]
         if rows != markers:
             raise ValueError(

@@ -135,6 +135,8 @@ def check_parameter_sharding(trainer: ConvLlavaTrainer) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Train one stage and save a checkpoint folder (model + processor, or a LoRA adapter) in `--output`."""
     args, training_args = parse_args(argv)
+    if not os.path.isfile(args.data):
+        sys.exit(f"convllava-train: --data {args.data}: no such file.")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)

@@ -99,15 +99,29 @@ def parse_record(raw: Any, index: int) -> LlavaRecord:
 
 
 def load_records(path: str | os.PathLike) -> list[Any]:
-    """Raw records of a LLaVA `.json` file (a list) or a `.jsonl` file (one record per line)."""
+    """
+    Raw records of a LLaVA `.json` file (a list) or a `.jsonl` file (one record per line). Invalid JSON raises a
+    `ValueError` naming the file and its line.
+    """
     path = Path(path)
     with path.open(encoding="utf-8") as file:
         if path.suffix == ".jsonl":
-            return [json.loads(line) for line in file if line.strip()]
-        records = json.load(file)
+            return [_json_line(path, number, line) for number, line in enumerate(file, start=1) if line.strip()]
+        try:
+            records = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {error.lineno}: invalid JSON ({error.msg}, column {error.colno}).") from None
     if not isinstance(records, list):
         raise ValueError(f"{path} must hold a JSON list of records, got {type(records).__name__}.")
     return records
+
+
+def _json_line(path: Path, number: int, line: str) -> Any:
+    """The record on line `number` of a `.jsonl` file."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {number}: invalid JSON ({error.msg}, column {error.colno}).") from None
 
 
 def encode_conversation(
