@@ -41,7 +41,14 @@ class ConvLlavaArguments:
     vision_trainable_from: int = HfArg(default=3, help="Stage 2: first trainable ConvNeXt stage (1-5).")
     image_aspect_ratio: Literal["pad", "preserve"] | None = HfArg(default=None, help="Override the processor's mode.")
     model_max_length: int | None = HfArg(default=None, help="Max tokens per sample (default: the tokenizer's).")
-    on_broken_record: Literal["skip", "raise"] = HfArg(default="skip", help="Broken records: warn and skip, or raise.")
+    on_broken_record: Literal["skip", "raise"] | None = HfArg(
+        default=None,
+        help="Broken records: warn and skip, or raise. Default: skip, but stop before training when more than 10%% of "
+        "the image records name unreadable image files (a wrong --image-folder); 'skip' skips them all the same.",
+    )
+    allow_images_outside_folder: bool = HfArg(
+        default=False, help="Accept records whose image paths are absolute or lead out of --image-folder with '..'."
+    )
     on_overlong_sample: Literal["drop", "raise"] = HfArg(
         default="drop", help="Samples that truncation would cut through an image: warn and drop, or raise."
     )

@@ -106,6 +106,7 @@ def build_trainer(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArgu
         on_broken_record=args.on_broken_record,
         on_overlong_sample=args.on_overlong_sample,
         require_images=args.stage in (1, 2),
+        allow_images_outside_folder=args.allow_images_outside_folder,
     )
     return ConvLlavaTrainer(
         model=model,
