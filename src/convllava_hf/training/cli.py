@@ -16,7 +16,7 @@ from .arguments import ConvLlavaArguments, ConvLlavaTrainingArguments, parse_arg
 from .collator import ConvLlavaDataCollator
 from .data import LlavaDataset
 from .initialization import assemble_conv_llava
-from .output_folder import check_output_dir, resolve_resume
+from .output_folder import RunIdentity, check_output_dir, resolve_resume, start_run
 from .stages import STAGE_PRESETS, freeze_for_stage
 from .trainer import PROJECTOR_MODULE_NAME, ConvLlavaTrainer
 
@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     inputs = {"--model": args.model, "--vision_tower": args.vision_tower, "--processor": args.processor}
     check_output_dir(training_args.output_dir, inputs, training_args.overwrite_output_dir)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    run_id = start_run(training_args.output_dir, resume, write=training_args.should_save)
     trainer = build_trainer(args, training_args)
+    trainer.add_callback(RunIdentity(run_id))
     check_parameter_sharding(trainer)
     distributed = "FSDP" if trainer.is_fsdp_enabled else trainer.accelerator.distributed_type.value
     logger.info("Distributed: %s over %d process(es).", distributed, training_args.world_size)
