@@ -4,6 +4,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import HfArg, string_to_bool
 
@@ -94,7 +95,7 @@ class ConvLlavaTrainingArguments(TrainingArguments):
 
 
 def stage_defaults(stage: int, lora: bool = False) -> dict[str, object]:
-    """`TrainingArguments` defaults of a stage (explicit command-line values still win)."""
+    """`TrainingArguments` defaults of a stage, and `use_cpu` without a GPU (explicit command-line values still win)."""
     preset = STAGE_PRESETS[stage]
     defaults = {
         "learning_rate": LORA_LEARNING_RATE if lora else preset.learning_rate,
@@ -112,6 +113,10 @@ def stage_defaults(stage: int, lora: bool = False) -> dict[str, object]:
         defaults["ddp_find_unused_parameters"] = True
     if lora:
         defaults["projector_lr"] = LORA_PROJECTOR_LEARNING_RATE
+    if not torch.accelerator.is_available():
+        # on a machine without a GPU the Trainer runs on the CPU anyway, but takes --bf16 (CPU autocast) only with
+        # use_cpu ("Your setup doesn't support bf16/gpu" otherwise); the README's GPU commands then run unchanged
+        defaults["use_cpu"] = True
     return defaults
 
 
