@@ -6,10 +6,12 @@ import sys
 
 import torch
 import transformers
+from huggingface_hub.errors import HFValidationError
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
+from ..checkpoint_source import check_converted, load_failure
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
 from ..processing_conv_llava import ConvLlavaProcessor
 from .arguments import ConvLlavaArguments, ConvLlavaTrainingArguments, parse_args
@@ -56,13 +58,17 @@ def load_model(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArgumen
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
         )  # the model quantizes only the language model's decoder layers by default
-    model = ConvLlavaForConditionalGeneration.from_pretrained(
-        args.model,
-        dtype=weights_dtype(args),
-        quantization_config=quantization_config,
-        device_map={"": training_args.device} if quantization_config else None,
-        attn_implementation=args.attn_implementation,
-    )
+    check_converted(args.model)
+    try:
+        model = ConvLlavaForConditionalGeneration.from_pretrained(
+            args.model,
+            dtype=weights_dtype(args),
+            quantization_config=quantization_config,
+            device_map={"": training_args.device} if quantization_config else None,
+            attn_implementation=args.attn_implementation,
+        )
+    except (OSError, HFValidationError) as error:
+        raise ValueError(f"--model {args.model!r} cannot be loaded: {load_failure(args.model, error)}") from error
     if not args.lora:
         freeze_for_stage(model, args.stage, args.vision_trainable_from)
         return model
