@@ -67,7 +67,7 @@ def test_read_samples_names_the_line_of_a_malformed_record(tmp_path, line, messa
 
 
 def test_a_missing_checkpoint_gets_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="No ConvLLaVA checkpoint could be loaded from .*no such folder"):
+    with pytest.raises(ValueError, match="No ConvLLaVA checkpoint could be loaded from .*no local folder .* exists"):
         load_for_evaluation(tmp_path / "missing")
 
 

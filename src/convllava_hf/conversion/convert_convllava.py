@@ -115,7 +115,7 @@ def convert_checkpoint(
         conversion.config, sources, base_models, conversion.original_vocab_size, conversion.notes, layout
     )
 
-    with staged_output(output, force, check=verify) as staging:
+    with staged_output(output, force, check=verify, size=sum(tensor.nbytes for tensor in planned)) as staging:
         logger.info("Writing %d tensors (%s) to %s", len(planned), out_dtype, output)
         write_safetensors(planned, staging, shard_size)
         llm_weights.close()

@@ -6,6 +6,7 @@ import torch
 from huggingface_hub.errors import HFValidationError
 from transformers import BitsAndBytesConfig
 
+from ..checkpoint_source import check_converted, load_failure
 from ..image_processing_conv_llava import _check_settings
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
 from ..processing_conv_llava import ConvLlavaProcessor
@@ -28,13 +29,14 @@ def load_for_evaluation(
 
     `image_aspect_ratio` and `resolution` override the processor's settings; `load_in_4bit`/`load_in_8bit` quantize
     the language model with bitsandbytes. Raises `ValueError` naming the problem for a missing or non-ConvLLaVA
-    checkpoint and for contradictory settings.
+    checkpoint (with the `convllava-convert` command for an original one) and for contradictory settings.
     """
     _check_settings(64 if resolution is None else resolution, image_aspect_ratio or "pad")  # before the slow load
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
     if load_in_4bit and load_in_8bit:
         raise ValueError("Choose one of load_in_4bit and load_in_8bit, not both.")
+    check_converted(pretrained, "pretrained")
     quantization = None
     if load_in_4bit:
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
@@ -49,11 +51,10 @@ def load_for_evaluation(
             attn_implementation=attn_implementation,
             quantization_config=quantization,
         )
-    except (OSError, HFValidationError) as error:  # not found locally, nor as a valid Hub id
-        where = "no such folder, and as a Hub id: " if not os.path.exists(pretrained) else ""
+    except (OSError, HFValidationError) as error:
         raise ValueError(
-            f"No ConvLLaVA checkpoint could be loaded from {str(pretrained)!r} ({where}{error}). Give a folder "
-            "written by convllava-convert, or the Hub id of one."
+            f"No ConvLLaVA checkpoint could be loaded from {str(pretrained)!r} ({load_failure(pretrained, error)}). "
+            "Give a folder written by convllava-convert, or the Hub id of one."
         ) from error
     processor.tokenizer.padding_side = "left"
     if resolution is not None:
