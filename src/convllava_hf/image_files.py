@@ -214,7 +214,8 @@ def fetch_url(url: str, timeout: float | None = None) -> bytes:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the body did not arrive in time")
     except urllib.error.HTTPError as error:
-        raise ValueError(f"Could not fetch the image {url}: the server answered {error.code} {error.reason}.") from error
+        answer = f"the server answered {error.code} {error.reason}"
+        raise ValueError(f"Could not fetch the image {url}: {answer}.") from error
     except (urllib.error.URLError, OSError) as error:
         reason = error.reason if isinstance(error, urllib.error.URLError) else error
         if isinstance(reason, TimeoutError):
@@ -245,7 +246,5 @@ def load_image_source(source: str) -> PIL.Image.Image:
     data = _base64_bytes(source)
     if data is None:
         shown = source if len(source) <= 200 else f"{source[:200]}..."
-        raise ValueError(
-            f"No image at {shown!r}: it is not an existing file, an http(s) URL or base64 image data."
-        )
+        raise ValueError(f"No image at {shown!r}: it is not an existing file, an http(s) URL or base64 image data.")
     return open_image(data, name="the base64 image data")
