@@ -59,7 +59,7 @@ class DemoApp:
         self._stop_events: dict[str, threading.Event] = {}
         self._cleared_at: dict[str, float] = {}  # per session: when Clear was last pressed
         self._grid_preview = functools.lru_cache(maxsize=128)(self._grid_preview)
-        # grounding boxes drawn on images; made at the first one, removed with the app (or at exit)
+        # grounding boxes drawn on images: made at the first one, removed when the server stops or at exit
         self.picture_dir = Path(tempfile.gettempdir()) / f"convllava-demo-{uuid.uuid4().hex}"
         weakref.finalize(self, shutil.rmtree, self.picture_dir, ignore_errors=True)
 
@@ -195,9 +195,12 @@ class DemoApp:
     # -- the page -----------------------------------------------------------------------------------------------------
 
     def build(self, concurrency_limit: int = 1) -> gr.Blocks:
-        """The Blocks of the page; at most `concurrency_limit` answers are generated at once, others wait in line."""
+        """
+        The Blocks of the page; at most `concurrency_limit` answers are generated at once, others wait in line.
+        Uploads are deleted after a day (`DELETE_CACHE`) and when the server stops.
+        """
         resolutions = sorted({*RESOLUTIONS, self.default_resolution})
-        with gr.Blocks(title="ConvLLaVA demo", analytics_enabled=False) as demo:
+        with gr.Blocks(title="ConvLLaVA demo", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
             if self.model_name is None:
                 gr.HTML(f"<div>{DEMO_BANNER}</div>", elem_id="demo-banner")
             gr.Markdown(
@@ -268,18 +271,19 @@ class DemoApp:
 
     def launch(self, host: str, port: int, max_file_size: str, concurrency_limit: int = 1) -> None:
         """
-        Serve the page (blocking) with its queue; uploads over `max_file_size` are refused by Gradio, and uploads are
-        deleted after a day (`DELETE_CACHE`) and when the server stops.
+        Serve the page (blocking) with its queue; uploads over `max_file_size` are refused by Gradio.
         """
-        self.build(concurrency_limit).queue().launch(
-            server_name=host,
-            server_port=port,
-            max_file_size=max_file_size,
-            allowed_paths=[str(DEMO_IMAGE), str(self.picture_dir)],
-            show_error=True,
-            css=CSS,
-            delete_cache=DELETE_CACHE,
-        )
+        try:
+            self.build(concurrency_limit).queue().launch(
+                server_name=host,
+                server_port=port,
+                max_file_size=max_file_size,
+                allowed_paths=[str(DEMO_IMAGE), str(self.picture_dir)],
+                show_error=True,
+                css=CSS,
+            )
+        finally:
+            shutil.rmtree(self.picture_dir, ignore_errors=True)
 
 
 def model_display_name(model_id: str) -> str:
