@@ -406,8 +406,9 @@ def _chromium():
     return chrome
 
 
-def test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token_count(server, images, tmp_path):
+def test_the_page_in_a_browser_shows_the_token_count_and_refuses_without_error_badges(server, images, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser = _chromium()
@@ -425,6 +426,14 @@ def test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token
         browser.find_element(By.XPATH, "//label[.//span[text()='preserve']]").click()
         wait.until(lambda page: "48 visual tokens at 768 px in preserve mode" in counts.text)
         screenshot = tmp_path / "page.png"
+
+        browser.find_element(By.CSS_SELECTOR, "#message textarea").send_keys(Keys.ENTER)  # an image, no question
+        stats = wait.until(lambda page: page.find_element(By.ID, "stats") if "Not sent" in
+                           page.find_element(By.ID, "stats").text else None)
+        assert "Ask a question about the 1 attached image(s)" in stats.text
+        time.sleep(1)
+        badges = [badge for badge in browser.find_elements(By.CSS_SELECTOR, ".error") if badge.is_displayed()]
+        assert [badge.text for badge in badges] == []  # no red "Error" over the conversation, input or stats
         assert browser.save_screenshot(str(screenshot))
     finally:
         browser.quit()
