@@ -340,7 +340,7 @@ def test_clear_pressed_while_an_answer_streams_starts_the_next_question_afresh(d
     session = written[-1] if written else web_app.Session()
     chat, session, _, stats = list(demo_app.respond({"text": "Next?", "files": []}, session, "pad", 768, 2, 0.0, 1.0,
                                                     request))[-1]
-    assert [_text(entry) for entry in chat[::2]] == ["Next?"] and "(0 visual)" in stats
+    assert "(0 visual)" in stats and len(chat) == 2 and _text(chat[0]) == "Next?"
     assert [turn.text for turn in session.turns[::2]] == ["Next?"]
 
 
