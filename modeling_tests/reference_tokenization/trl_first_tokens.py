@@ -16,8 +16,8 @@ from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import DPOConfig, DPOTrainer
 
-from convllava_hf import ConvLlavaProcessor
 from converted_tiny import convert_original_tiny
+from convllava_hf import ConvLlavaProcessor
 from tiny_models import FIXTURE_DIR, TINY_TEXT, tiny_model
 
 
