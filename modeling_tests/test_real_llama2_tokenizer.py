@@ -13,9 +13,10 @@ from pathlib import Path
 import PIL.Image
 import pytest
 from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
+from transformers.tokenization_utils_base import generate_merges
 
 from convllava_hf import ConvLlavaProcessor
-from convllava_hf.whole_prompt_tokenizer import SPIECE_UNDERLINE
+from convllava_hf.whole_prompt_tokenizer import SPIECE_UNDERLINE, llama_piece_scores, piece_scores
 from original_tokenization import package_ids_of_row
 from tiny_models import FIXTURE_DIR
 
@@ -115,6 +116,16 @@ def test_a_completion_tokenised_alone_joins_its_prompt_as_in_the_whole_conversat
         ids += tokenizer(answer, add_special_tokens=False)["input_ids"]
         assert ids == expected_ids(row)
     assert tokenizer.convert_ids_to_tokens(tokenizer(completion, add_special_tokens=False)["input_ids"])[0] == first
+
+
+@pytest.mark.parametrize("folder", [LLAMA2_DIR, FIXTURE_DIR / "llm"])
+def test_llamas_score_rule_ranks_the_merges_as_its_tokenizer_model_does(folder):
+    """The rule a folder without its tokenizer.model (one saved by an earlier convllava-hf) is repaired with."""
+    tokenizer = LlamaTokenizer.from_pretrained(folder)
+    vocab = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["vocab"]
+    scores = piece_scores(tokenizer, vocab)
+    assert scores != llama_piece_scores(vocab)  # read from the tokenizer.model
+    assert generate_merges(vocab, scores) == generate_merges(vocab, llama_piece_scores(vocab))
 
 
 def old_whole_prompt_tokenizer_json() -> str:

@@ -36,6 +36,7 @@ def main() -> None:
     image = PIL.Image.new("RGB", (8, 8))
     per_image = len(processor.replace_image_token(processor.image_processor([image]), 0)) // len("<image>")
     counts = {"processor": [0, 0], "saved tokenizer.json": [0, 0]}  # [exact, up to the leading-space difference]
+    vicuna = [0, 0]  # vicuna-v1 prompts (they start with the system message) matched by the saved tokenizer, in all
     for row in rows:
         images = [image] * row["prompt"].count("<image>") or None
         designed = package_ids_of_row(row, processor.tokenizer.convert_tokens_to_ids("\u2581"))
@@ -46,9 +47,13 @@ def main() -> None:
         for name, (ids, tokens_per_image) in got.items():
             counts[name][0] += ids == expand(row["input_ids"], processor.image_token_id, tokens_per_image)
             counts[name][1] += ids == expand(designed, processor.image_token_id, tokens_per_image)
+        if row["prompt"].startswith("A chat between"):
+            vicuna[0] += got["saved tokenizer.json"][0] == expand(row["input_ids"], processor.image_token_id, 1)
+            vicuna[1] += 1
     for name, (exact, designed) in counts.items():
         total = len(rows)
         print(f"{name}: {exact}/{total} prompts exactly as the original, {designed}/{total} up to a leading space")
+    print(f"vicuna-v1 prompts, saved tokenizer.json: {vicuna[0]}/{vicuna[1]} exactly as the original")
 
 
 if __name__ == "__main__":

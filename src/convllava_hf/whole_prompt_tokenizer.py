@@ -64,12 +64,19 @@ def _is_sentencepiece_llama(backend: dict) -> bool:
     )
 
 
+def llama_piece_scores(vocab: dict[str, int]) -> dict[str, float]:
+    """
+    Scores that rank merges as Llama's (Vicuna's) sentencepiece model does: whitespace-only pieces score
+    `WHITESPACE_PIECE_SCORE`, every other piece scores lower the later its id.
+    """
+    return {
+        piece: WHITESPACE_PIECE_SCORE if len(piece) > 1 and set(piece) == {SPIECE_UNDERLINE} else -float(index)
+        for piece, index in vocab.items()
+    }
+
+
 def piece_scores(tokenizer: PreTrainedTokenizerBase, vocab: dict[str, int]) -> dict[str, float]:
-    """
-    Each piece's sentencepiece score, from the tokenizer's `tokenizer.model` when it has one; otherwise Llama's
-    (Vicuna's) rule, which its model follows exactly: whitespace-only pieces score `WHITESPACE_PIECE_SCORE`, every
-    other piece scores lower the later its id.
-    """
+    """Each piece's sentencepiece score, from the tokenizer's `tokenizer.model` if it has one, else Llama's rule."""
     model_file = getattr(tokenizer, "vocab_file", None)
     if model_file and Path(model_file).is_file() and is_protobuf_available():
         from transformers.convert_slow_tokenizer import import_protobuf
@@ -77,10 +84,7 @@ def piece_scores(tokenizer: PreTrainedTokenizerBase, vocab: dict[str, int]) -> d
         proto = import_protobuf().ModelProto.FromString(Path(model_file).read_bytes())
         if len(proto.pieces) == len(vocab):
             return {piece.piece: piece.score for piece in proto.pieces}
-    return {
-        piece: WHITESPACE_PIECE_SCORE if len(piece) > 1 and set(piece) == {SPIECE_UNDERLINE} else -float(index)
-        for piece, index in vocab.items()
-    }
+    return llama_piece_scores(vocab)
 
 
 def original_exact_tokenizer(
@@ -139,4 +143,4 @@ def original_exact_tokenizer(
     )
 
 
-__all__ = ["original_exact_tokenizer", "piece_scores", "whole_prompt_normalizer"]
+__all__ = ["llama_piece_scores", "original_exact_tokenizer", "piece_scores", "whole_prompt_normalizer"]
