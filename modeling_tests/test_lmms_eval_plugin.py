@@ -485,3 +485,23 @@ def test_the_documented_plugin_check_prints_the_class_or_fails_naming_the_cause(
     assert "Model 'convllava' not found" in broken.stderr
     output = broken.stdout + broken.stderr  # lmms-eval logs its WARNING through loguru
     assert "torchvision is installed but fails to import" in output and "pip uninstall torchvision" in output
+
+
+def test_the_benchmark_slice_script_runs_a_task_and_its_pope_accuracy_matches_a_hand_count(workspace, tmp_path):
+    env = {
+        **offline_env(workspace["root"]), "PYTHON": sys.executable,
+        "CONVLLAVA_EVAL_TASKS": "convllava_tiny_yesno", "CONVLLAVA_EVAL_INCLUDE_PATH": str(workspace["tasks"]),
+    }  # fmt: skip
+    script = REPO_ROOT / "benchmarks" / "lmms_eval_slice.sh"
+    finished = subprocess.run(
+        ["bash", str(script), str(tmp_path), str(workspace["model"]), "4"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert finished.returncode == 0, (finished.stdout + finished.stderr)[-4000:]
+    assert "lmms-eval slice: " in finished.stdout
+    metrics, samples = read_outputs(tmp_path / "lmms_eval")
+    recorded = answers(samples["convllava_tiny_yesno"])
+    truths = [row["answer"] for row in workspace["yesno_rows"][:4]]
+    assert len(recorded) == 4
+    hits = sum(answer.lower().strip() == truth for answer, truth in zip(recorded, truths))
+    assert metrics["convllava_tiny_yesno"]["pope_accuracy,none"] == pytest.approx(hits / 4)

@@ -213,9 +213,10 @@ def test_vllm_check_tiny_reports_generate_and_vllm_throughput(tmp_path):
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     report = json.loads((tmp_path / "vllm_check_tiny.json").read_text())
-    assert report["visual_tokens_per_request"] == 16
+    assert report["visual_tokens_per_request"] == (256 // 64) ** 2  # a 1024x768 image padded onto 256 px
     for engine in ("generate", "vllm"):
-        assert report[engine]["requests_per_s"] > 0 and report[engine]["ttft_ms"] > 0
+        assert report[engine]["requests_per_s"] == pytest.approx(report["requests"] / report[engine]["wall_s"])
+        assert report[engine]["ttft_ms"] > 0
 
 
 def test_importing_the_package_imports_nothing_from_vllm():
