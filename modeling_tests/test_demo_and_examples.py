@@ -1,8 +1,8 @@
 """The README's demo command and the example scripts run end to end without weights."""
 
 import runpy
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import PIL.Image

@@ -1,4 +1,4 @@
-"""Training records' image paths: a wrong image folder stops the run; paths out of the folder and non-files are refused."""
+"""Training image paths: a wrong image folder stops the run; paths out of the folder and non-files are refused."""
 
 import json
 import logging
@@ -46,7 +46,8 @@ def test_wrong_image_folder_stops_training_naming_the_folder_and_an_example_path
 
 def test_missing_image_folder_names_the_data_files_folder_it_searched(processor, tmp_path):
     data = write_records(tmp_path, ["nested/a.png", "nested/b.png", "good.png"], text_only=5)
-    with pytest.raises(TooManyBrokenImagesError, match=rf"2 of 3 .*'{tmp_path}' \(the data file's folder.*nested/a.png"):
+    pattern = rf"2 of 3 .*'{tmp_path}' \(the data file's folder.*nested/a.png"
+    with pytest.raises(TooManyBrokenImagesError, match=pattern):
         LlavaDataset(data, processor)
 
 

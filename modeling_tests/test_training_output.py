@@ -97,8 +97,9 @@ def test_resume_latest_takes_only_checkpoints_of_the_run_last_started_there(work
     output, saving = tmp_path / "out", ("--save_strategy=steps", "--save_steps=2")
     train(3, workspace["base"], workspace["data"], output, "--max_steps=4", *saving)  # run A: checkpoint-2, -4
     train(3, workspace["base"], workspace["data"], output, "--max_steps=2", *saving)  # run B, fresh: checkpoint-2
+    resume = "--resume_from_checkpoint=latest"
     with caplog.at_level(logging.WARNING):
-        train(3, workspace["base"], workspace["data"], output, "--max_steps=4", *saving, "--resume_from_checkpoint=latest")
+        train(3, workspace["base"], workspace["data"], output, "--max_steps=4", *saving, resume)
     assert str(output / "checkpoint-2") in resume_message(caplog) and "ignoring checkpoint-4" in resume_message(caplog)
     state = json.loads((output / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]

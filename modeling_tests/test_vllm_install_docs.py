@@ -1,4 +1,4 @@
-"""The README's vLLM commands are what CI runs: `.ci/run` installs .venv/vllm with them, test_vllm.py serves with them."""
+"""The README's vLLM commands are what CI runs: .ci/run installs .venv/vllm with them, test_vllm.py serves with them."""
 
 import shlex
 from pathlib import Path
