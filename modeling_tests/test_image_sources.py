@@ -151,9 +151,9 @@ def test_a_png_holding_fewer_rows_than_it_declares_is_refused(processor, tmp_pat
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", one_row) + _png_chunk(b"IEND", b"")
     )
-    with pytest.raises(ValueError, match=r"truncated PNG, its 900x900 pixels need 2430900 bytes .* holds 2701"):
+    with pytest.raises(ValueError, match=r"a PNG whose 900x900 pixels need 2430900 bytes of pixel data holds 2701"):
         processor(images=str(path))
-    with pytest.raises(ValueError, match="truncated PNG"):
+    with pytest.raises(ValueError, match="truncated, corrupt or not an image"):
         processor(images=path.read_bytes())
 
 

@@ -37,6 +37,7 @@ MODULES = {
     "model_inputs.py",
     "quantization.py",
     "image_processing_conv_llava.py",
+    "image_files.py",
     "processing_conv_llava.py",
     "chat_template.py",
     "grounding.py",

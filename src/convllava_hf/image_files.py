@@ -63,7 +63,7 @@ def _check_regular_file(path: str | os.PathLike, name: str) -> None:
 def _png_pixel_bytes(stream: io.BufferedIOBase) -> tuple[int, int] | None:
     """
     (bytes of filtered pixel data the PNG declares, bytes its IDAT chunks inflate to, counted up to the former), read
-    chunk by chunk; None when the stream is not a well-formed PNG (Pillow then reports the problem).
+    chunk by chunk; None when it is not a well-formed PNG or its data is cut off (Pillow then reports the problem).
     """
     if stream.read(8) != PNG_SIGNATURE:
         return None
@@ -89,19 +89,21 @@ def _png_pixel_bytes(stream: io.BufferedIOBase) -> tuple[int, int] | None:
                 break
         elif kind == b"IEND":
             break
-    return None if expected is None else (expected, inflated)
+    if expected is None or (inflated < expected and not inflater.eof):  # cut off mid-stream: Pillow reports it
+        return None
+    return expected, inflated
 
 
 def _check_png_rows(image: PIL.Image.Image, source, name: str) -> None:
-    """Refuse a PNG whose pixel data stops short of its declared size (Pillow decodes the missing rows as black)."""
+    """Refuse a PNG whose complete pixel data stops short of its declared size (Pillow decodes the rest as black)."""
     if image.format != "PNG":
         return
     with open(source, "rb") if not isinstance(source, (bytes, bytearray)) else io.BytesIO(source) as stream:
         counts = _png_pixel_bytes(stream)
     if counts is not None and counts[1] < counts[0]:
         raise ValueError(
-            f"Could not decode an image from {name}: truncated PNG, its {image.width}x{image.height} pixels need "
-            f"{counts[0]} bytes of pixel data and it holds {counts[1]}."
+            f"Could not decode an image from {name}: truncated, corrupt or not an image (a PNG whose "
+            f"{image.width}x{image.height} pixels need {counts[0]} bytes of pixel data holds {counts[1]})."
         )
 
 

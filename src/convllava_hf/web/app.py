@@ -145,7 +145,6 @@ class DemoApp:
         chat = [*session.chat, _user(text, paths)]
         busy = gr.MultimodalTextbox(value=None, interactive=False)
         ready = gr.MultimodalTextbox(value=None, interactive=True)
-        cleared = Session()
         yield [*chat, _assistant("")], gr.skip(), busy, "Generating..."
         try:
             for progress in stream_answer(self.model, self.processor, inputs, settings, stop, started_at):
@@ -160,7 +159,7 @@ class DemoApp:
         finally:
             self._stop_events.pop(session_hash, None)
         if self._cleared_since(session_hash, started_at):
-            yield [], cleared, ready, ""
+            yield [], Session(), ready, ""
             return
         chat += [_assistant(progress.text), *self._grounding_box(conversation, progress.text, image_aspect_ratio)]
         session = Session((*conversation, Turn("assistant", progress.text)), tuple(chat), started_at)
@@ -270,9 +269,7 @@ class DemoApp:
         return demo
 
     def launch(self, host: str, port: int, max_file_size: str, concurrency_limit: int = 1) -> None:
-        """
-        Serve the page (blocking) with its queue; uploads over `max_file_size` are refused by Gradio.
-        """
+        """Serve the page (blocking) with its queue; uploads over `max_file_size` are refused by Gradio."""
         try:
             self.build(concurrency_limit).queue().launch(
                 server_name=host,
