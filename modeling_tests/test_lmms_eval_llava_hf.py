@@ -2,7 +2,8 @@
 lmms-eval's BUILT-IN `llava_hf` model (not this package's plugin) on the stock-layout (`fast_vlm`) conversion, with
 `convllava_hf` blocked from import, on the tiny tasks of test_lmms_eval_plugin.py. As shipped (lmms-eval 0.7.3) it
 refuses the folder: its model map has no `fast_vlm`. With that one entry added from the user's side
-(lmms_eval_llava_hf_launcher.py) its answers equal `generate` of the stock classes. `.ci/run` runs this in .venv/lmms.
+(lmms_eval_llava_hf_launcher.py) its answers equal `generate` of the stock classes on every document with an image;
+it answers nothing to a text-only one. It ignores `until` stop strings. `.ci/run` runs this in .venv/lmms.
 """
 
 import subprocess
@@ -19,6 +20,7 @@ pytest.importorskip("decord", reason="lmms-eval's llava_hf imports decord at imp
 from converted_tiny import vicuna_prompt  # noqa: E402
 from test_lmms_eval_plugin import (  # noqa: E402, F401  (workspace: the converted folder, tasks and datasets)
     MC_MAX_NEW_TOKENS,
+    MC_SUFFIX,
     YESNO_MAX_NEW_TOKENS,
     YESNO_SUFFIX,
     answers,
@@ -83,3 +85,27 @@ def test_llava_hf_yes_no_answers_equal_stock_generate(workspace, evaluated, stoc
         for row in workspace["yesno_rows"]
     ]
     assert answers(evaluated["samples"]["convllava_tiny_yesno"]) == expected
+
+
+def mc_prompt(row: dict) -> str:
+    options = "".join(f"\n{letter}. {choice}" for letter, choice in zip("ABCD", row["choices"]))
+    return row["question"] + options + MC_SUFFIX
+
+
+def test_llava_hf_multiple_choice_answers_equal_stock_generate_on_image_documents(workspace, evaluated, stock):
+    rows = workspace["mc_rows"]
+    got = answers(evaluated["samples"]["convllava_tiny_mc"])
+    expected = [stock_answer(*stock, mc_prompt(row), row["image"], MC_MAX_NEW_TOKENS) for row in rows]
+    with_image = [index for index, row in enumerate(rows) if row["image"] is not None]
+    assert [got[index] for index in with_image] == [expected[index] for index in with_image]
+
+
+def test_llava_hf_answers_nothing_to_a_text_only_document(workspace, evaluated):
+    """
+    lmms-eval runs its chat variant (`lmms_eval.models.chat.llava_hf`), which calls the processor with `images=[]` for
+    a text-only request: `LlavaProcessor` returns `pixel_values` of shape (0,), the ConvNeXt indexes its channels, and
+    llava_hf logs the error and records an empty answer.
+    """
+    (text_only,) = [index for index, row in enumerate(workspace["mc_rows"]) if row["image"] is None]
+    assert answers(evaluated["samples"]["convllava_tiny_mc"])[text_only] == ""
+    assert "Error tuple index out of range in generating" in evaluated["log"], evaluated["log"][-3000:]
