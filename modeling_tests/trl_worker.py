@@ -132,7 +132,9 @@ def run_grpo(folder: str) -> dict:
     completions_seen: list[str] = []
 
     def reward_length(completions, **kwargs) -> list[float]:
-        texts = [completion[-1]["content"] if isinstance(completion, list) else completion for completion in completions]
+        texts = [
+            completion[-1]["content"] if isinstance(completion, list) else completion for completion in completions
+        ]
         completions_seen.extend(texts)
         return [float(len(text)) for text in texts]
 
