@@ -9,6 +9,7 @@ process's own allocations. Everything is written under --workdir and deleted aft
 
     python benchmarks/benchmark_conversion_memory.py --workdir /var/tmp/bench             # full 7B, ~30 GB of disk
     python benchmarks/benchmark_conversion_memory.py --workdir /var/tmp/bench --layers 4  # quick run
+    python benchmarks/benchmark_conversion_memory.py --tiny --output /tmp/memory.json   # smoke test: tiny widths
 """
 
 import argparse
@@ -33,6 +34,7 @@ from _common import RESULTS_DIR, write_json  # noqa: E402
 from convllava_hf import ConvLlavaConfig  # noqa: E402
 from convllava_hf.conversion.laion_convnext import clip_preprocessor_config  # noqa: E402
 from convllava_hf.conversion.weight_plan import expected_parameters  # noqa: E402
+from model_shapes import TINY_CONVNEXT, TINY_LLAMA  # noqa: E402
 
 FIXTURE_LLM = REPO_ROOT / "modeling_tests" / "fixtures" / "original-tiny" / "llm"
 ORIGINAL_VOCAB = 32000
@@ -158,14 +160,18 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()), help="Where to write (~30 GB for 7B)."
     )
-    parser.add_argument("--layers", type=int, default=32, help="LLM layers (32 = the real 7B model).")
+    parser.add_argument("--layers", type=int, default=None, help="LLM layers (default 32, the real 7B model; tiny 2).")
+    parser.add_argument("--tiny", action="store_true", help="tiny widths (the vocabulary stays 32000; smoke test)")
     parser.add_argument("--keep", action="store_true", help="Keep the synthetic checkpoint and the converted folder.")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "conversion_memory.json")
     args = parser.parse_args()
 
-    config = ConvLlavaConfig(
-        text_config={"model_type": "llama", "vocab_size": ORIGINAL_VOCAB + 64, "num_hidden_layers": args.layers}
-    )
+    text_config = {"model_type": "llama", "vocab_size": ORIGINAL_VOCAB + 64}
+    if args.tiny:
+        text_config |= {key: TINY_LLAMA[key] for key in TINY_LLAMA if key != "vocab_size"}
+    text_config["num_hidden_layers"] = args.layers or (2 if args.tiny else 32)
+    vision = {"vision_config": dict(TINY_CONVNEXT)} if args.tiny else {}
+    config = ConvLlavaConfig(text_config=text_config, **vision)
     root = Path(tempfile.mkdtemp(prefix="convllava-memory-", dir=args.workdir))
     try:
         llm, vision, output = root / "llm", root / "vision", root / "converted"
@@ -179,7 +185,8 @@ def main() -> None:
         result = run_converter(llm, vision, output)
         output_bytes = sum(path.stat().st_size for path in output.glob("*.safetensors"))
         result.update(
-            llm_layers=args.layers,
+            llm_layers=config.text_config.num_hidden_layers,
+            tiny=args.tiny,
             input_bytes=input_bytes,
             input_files=sorted(path.name for path in [*llm.glob("*.bin"), *vision.glob("*.bin")]),
             largest_input_shard_bytes=max(path.stat().st_size for path in [*llm.glob("*.bin"), *vision.glob("*.bin")]),

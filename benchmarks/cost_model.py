@@ -6,6 +6,7 @@ counted with `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, 
 norms and activations are not counted; causal attention is counted as full).
 
     python benchmarks/cost_model.py            # -> benchmarks/results/cost_model.json and cost_model.png
+    python benchmarks/cost_model.py --tiny --output-dir /tmp/cost   # the same code on tiny widths and depths (smoke)
 """
 
 import argparse
@@ -55,10 +56,10 @@ def kv_cache_mib(text_config, tokens: int, bytes_per_value: int = 2) -> float:
     return values * bytes_per_value / 2**20
 
 
-def weight_memory() -> dict:
+def weight_memory(tiny: bool = False) -> dict:
     """ConvLLaVA-7B weight memory: all in bf16, or the LLM's decoder linears in int8 / nf4 and the rest in bf16."""
     with torch.device("meta"):
-        model = AutoModel.from_config(convllava_config(1536))
+        model = AutoModel.from_config(convllava_config(1536, tiny))
     decoder_linears = [m for m in model.language_model.modules() if type(m) is nn.Linear]
     quantizable = sum(m.weight.numel() for m in decoder_linears)
     int8_row_scales = sum(m.out_features for m in decoder_linears)
@@ -81,7 +82,11 @@ def weight_memory() -> dict:
 
 
 def plot(rows: dict, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no {path.name}: matplotlib is not installed (pip install -e \".[benchmarks]\")")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -109,9 +114,10 @@ def plot(rows: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--tiny", action="store_true", help="tiny widths and depths (smoke test; figures meaningless)")
     args = parser.parse_args()
 
-    configs = all_configs()
+    configs = all_configs(args.tiny)
     with torch.device("meta"):
         language_model = LlamaForCausalLM(next(iter(configs.values())).text_config)
     rows = {}
@@ -132,10 +138,11 @@ def main() -> None:
             f"{name:26} {row['visual_tokens']:6d} {row['vision_gflops']:10.0f} {row['llm_prefill_gflops']:10.0f} "
             f"{row['total_gflops']:10.0f} {row['total_vs_LLaVA-1.5']:7.2f} {row['total_vs_LLaVA-NeXT']:7.2f}"
         )
-    memory = weight_memory()
+    memory = weight_memory(args.tiny)
     print({key: value for key, value in memory.items() if key != "params_m"})
     payload = {
         "method": "torch.utils.flop_counter.FlopCounterMode on meta-device transformers models; 1 image, batch 1",
+        "tiny": args.tiny,
         "question_tokens": QUESTION_TOKENS,
         "models": rows,
         "convllava_7b_weight_memory": memory,

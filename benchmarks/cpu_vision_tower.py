@@ -15,6 +15,8 @@ count and are compared with this machine's float32 (bfloat16 for autocast) 2048x
 start of every round (ratios per round, then the median).
 
     python benchmarks/cpu_vision_tower.py --resolutions 768 [1024] [--rounds 3]
+    python benchmarks/cpu_vision_tower.py --tiny --resolutions 128 --rounds 1 --variants baseline ours \
+        --output /tmp/tower.json    # smoke test: a tiny tower, 256x256 matmuls (timings meaningless)
 """
 
 import argparse
@@ -44,10 +46,10 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> flo
     return 2 * size**3 / median_seconds(lambda: a @ b, repeats, warmup=3)["median_s"] / 1e9
 
 
-def build(resolution: int) -> tuple[ConvLlavaModel, ConvNextModel]:
+def build(resolution: int, tiny: bool = False) -> tuple[ConvLlavaModel, ConvNextModel]:
     """ConvLlavaModel with a real tower and projector (its 7B language model stays on the meta device, unused), and a
     bare ConvNextModel sharing the tower's weights. Layer scales are drawn in [0.1, 1] so that every block matters."""
-    config = convllava_config(resolution)
+    config = convllava_config(resolution, tiny)
     with torch.device("meta"):
         model = ConvLlavaModel(config)
         bare = ConvNextModel(config.vision_config)
@@ -66,7 +68,13 @@ def build(resolution: int) -> tuple[ConvLlavaModel, ConvNextModel]:
 
 
 def run_variants(
-    model: ConvLlavaModel, bare: ConvNextModel, pixels: torch.Tensor, gflops: float, rounds: int, variants
+    model: ConvLlavaModel,
+    bare: ConvNextModel,
+    pixels: torch.Tensor,
+    gflops: float,
+    rounds: int,
+    variants,
+    matmul_size: int = 2048,
 ) -> dict:
     """Time every variant in `rounds` round-robin rounds after a warm-up round; outputs checked against baseline."""
     projector = model.multi_modal_projector
@@ -96,7 +104,7 @@ def run_variants(
         for round_index in range(rounds + 1):  # round 0 warms up (and compiles)
             if round_index:
                 for dtype, rates in matmul_rates.items():
-                    rates.append(matmul_gflops(getattr(torch, dtype)))
+                    rates.append(matmul_gflops(getattr(torch, dtype), matmul_size))
             for name, function in functions.items():
                 start = time.perf_counter()
                 output = function()
@@ -132,16 +140,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "cpu_vision_tower.json")
+    parser.add_argument("--tiny", action="store_true", help="a tiny tower and small matmuls (smoke test)")
     args = parser.parse_args()
     variants = ["baseline", *(v for v in args.variants if v != "baseline")]
 
-    payload = {"load_average_start": os.getloadavg(), "rounds": args.rounds, "resolutions": {}}
+    payload = {"load_average_start": os.getloadavg(), "rounds": args.rounds, "tiny": args.tiny, "resolutions": {}}
     for resolution in args.resolutions:
-        gflops = vision_cost(convllava_config(resolution))["vision_gflops"]
-        model, bare = build(resolution)
+        gflops = vision_cost(convllava_config(resolution, args.tiny))["vision_gflops"]
+        model, bare = build(resolution, args.tiny)
         pixels = torch.randn(1, 3, resolution, resolution)
         print(f"{resolution}x{resolution}: {gflops:.0f} GFLOPs per image")
-        measured = run_variants(model, bare, pixels, gflops, args.rounds, variants)
+        measured = run_variants(model, bare, pixels, gflops, args.rounds, variants, 256 if args.tiny else 2048)
         print(f"  matmul GFLOP/s per round: {measured['matmul_gflops_per_round']}")
         for name, result in measured["variants"].items():
             print(

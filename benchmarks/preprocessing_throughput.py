@@ -7,6 +7,7 @@ Rounds run every variant once, in turn; throughput uses the median time over rou
 per-round ratios.
 
     python benchmarks/preprocessing_throughput.py [--resolutions 768 1536] [--rounds 3]
+    python benchmarks/preprocessing_throughput.py --images 3 --resolutions 64 --rounds 1 --output /tmp/pre.json  # smoke
 """
 
 import argparse
@@ -100,10 +101,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[768, 1536])
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--images", type=int, default=NUM_IMAGES, help="generated images (fewer for a smoke test)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "preprocessing_throughput.json")
     args = parser.parse_args()
 
-    images = generated_images()
+    images = generated_images(args.images)
     payload = {
         "images": {"count": len(images), "sizes_wxh": [image.size for image in images]},
         "load_average_start": os.getloadavg(),

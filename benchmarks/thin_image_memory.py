@@ -6,6 +6,7 @@ Each case runs in a fresh process: it decodes a single-colour PNG (a few hundred
 image alone costs about 4 bytes per pixel, so that part grows with N by nature, the rest should not.
 
     python benchmarks/thin_image_memory.py [--resolution 1536] [--sizes 1000 10000 ...]
+    python benchmarks/thin_image_memory.py --resolution 128 --sizes 1000 --modes preserve --output /tmp/thin.json
 """
 
 import argparse
@@ -49,13 +50,14 @@ def measure(path: str, resolution: int, mode: str) -> dict:
     decoded = time.perf_counter()
     rss_after_decode = peak_rss_mib()
     try:
-        processor(image, return_tensors="pt")
+        image_sizes = processor(image, return_tensors="pt")["image_sizes"][0].tolist()
         refused = None
     except ValueError as error:
-        refused = str(error)
+        image_sizes, refused = None, str(error)
     done = time.perf_counter()
     return {
         "refused": refused,
+        "image_sizes": image_sizes,
         "decode_s": decoded - start,
         "preprocess_s": done - decoded,
         "peak_rss_after_decode_mib": rss_after_decode,
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["pad", "preserve"])
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "thin_image_memory.json")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.resolution, args.mode)))
@@ -115,7 +118,7 @@ def main() -> None:
         ]
     write_json(
         {"resolution": args.resolution, "pil_max_image_pixels": PIL.Image.MAX_IMAGE_PIXELS, "cases": cases},
-        RESULTS_DIR / "thin_image_memory.json",
+        args.output,
     )
 
 

@@ -1,7 +1,7 @@
 """ConvLLaVA through `pipeline("image-text-to-text")`: chat messages, plain prompts, and a batch of aspect ratios.
 
 python examples/pipeline_inference.py --model path/to/converted-convllava
-python examples/pipeline_inference.py            # a RANDOM demo model saved to a temporary folder
+python examples/pipeline_inference.py            # a RANDOM demo model, through a temporary folder
 """
 
 import argparse
@@ -21,12 +21,11 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    model_path = args.model
-    if model_path is None:
-        model_path = tempfile.mkdtemp(prefix="convllava-demo-")
-        for part in build_demo_model_and_processor():
-            part.save_pretrained(model_path)
-    pipe = pipeline("image-text-to-text", model=model_path)
+    with tempfile.TemporaryDirectory(prefix="convllava-demo-") as demo_folder:  # deleted once the pipeline is built
+        if args.model is None:
+            for part in build_demo_model_and_processor():
+                part.save_pretrained(demo_folder)
+        pipe = pipeline("image-text-to-text", model=args.model or demo_folder)
 
     picture = PIL.Image.open(DEMO_IMAGE).convert("RGB")
     tall_crop = picture.crop((380, 0, 620, 427))

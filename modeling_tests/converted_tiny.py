@@ -22,7 +22,8 @@ def convert_original_tiny(output: Path, layout: str = "fast_vlm") -> Path:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     command = [
         sys.executable, str(REPO_ROOT / "conversion" / "convert_convllava_to_hf.py"),
-        "--llm", str(FIXTURE_DIR / "llm"), "--vision", str(FIXTURE_DIR / "vision"), "--output", str(output), "--layout", layout,
+        "--llm", str(FIXTURE_DIR / "llm"), "--vision", str(FIXTURE_DIR / "vision"), "--output", str(output),
+        "--layout", layout,
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:

@@ -2,6 +2,7 @@
 
 import json
 import re
+from collections.abc import Callable
 
 import sentencepiece
 from sentencepiece import sentencepiece_model_pb2
@@ -65,6 +66,28 @@ def original_input_ids(
     for token in tokenizer_image_token(prompt, tokenizer):
         input_ids += [image_token_id] * next(counts) if token == IMAGE_TOKEN_INDEX else [token]
     return input_ids
+
+
+def package_ids(text: str, original_ids: Callable[[str], list[int]], dummy_prefix_id: int) -> list[int]:
+    """
+    The ids this package gives `text`, from the original procedure's `original_ids`: the same, except for a text
+    starting with a space (or "▁"), which it tokenises as the original tokenises the rest of the text, since it adds no
+    dummy prefix before that space; a lone "▁" (`dummy_prefix_id`) stays where the rest is empty or starts with an
+    added token, which the original gives no dummy prefix.
+    """
+    if not text.startswith((" ", "\u2581")):
+        return original_ids(text)
+    rest = text[1:]
+    if rest and not rest.startswith(("<image>", "<unk>", "<s>", "</s>")):
+        return original_ids(rest)
+    bos, *ids = original_ids(rest)
+    return [bos, dummy_prefix_id, *ids]
+
+
+def package_ids_of_row(row: dict, dummy_prefix_id: int) -> list[int]:
+    """`package_ids` of a `reference_tokenization/reference_ids.json` row (-200 where each image goes)."""
+    rest = row.get("input_ids_without_the_leading_space")
+    return package_ids(row["prompt"], lambda text: row["input_ids"] if text == row["prompt"] else rest, dummy_prefix_id)
 
 
 def expanded(input_ids: list[int]) -> list[int]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText
 
 from convllava_hf.conversion import ConversionError, convert_checkpoint, safetensors_writer
 from convllava_hf.conversion.checkpoint_reader import load_bin
@@ -62,6 +63,8 @@ def converted_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def convert(llm: Path, output: Path, **kwargs) -> Path:
+    """The package layout, which holds exactly the converted tensors (test_stock_layout.py tests the stock one's)."""
+    kwargs.setdefault("layout", "conv_llava")
     return convert_checkpoint(str(llm), output, str(kwargs.pop("vision", FIXTURE_DIR / "vision")), **kwargs)
 
 
@@ -229,11 +232,13 @@ def test_vision_tower_folder_next_to_the_llm_weights_is_found_without_vision_arg
     llm = tmp_path / "llm"
     shutil.copytree(FIXTURE_DIR / "llm", llm)
     shutil.copytree(FIXTURE_DIR / "vision", llm / "vision_tower")
-    output = convert_checkpoint(str(llm), tmp_path / "out")
+    output = convert_checkpoint(str(llm), tmp_path / "out", layout="conv_llava")
     assert converted_tensors(output).keys() == reference_conversion.keys()
 
 
-def test_select_layer_minus_two_drops_the_block_the_original_deletes(tmp_path, reference_conversion):
+@pytest.mark.parametrize("layout", ["conv_llava", "fast_vlm"])
+def test_select_layer_minus_two_drops_the_block_the_original_deletes(tmp_path, reference_conversion, layout):
+    """A tower cut by `mm_vision_select_layer=-2` is just a shorter tower: the stock layout expresses it too."""
     llm = tmp_path / "llm"
     shutil.copytree(FIXTURE_DIR / "llm", llm)
     config = json.loads((llm / "config.json").read_text())
@@ -249,7 +254,16 @@ def test_select_layer_minus_two_drops_the_block_the_original_deletes(tmp_path, r
         if name.startswith("encoder.stages.4.layers.0.")
     }
     torch.save({**state, **extra}, vision / "pytorch_model.bin")
-    tensors = converted_tensors(convert(llm, tmp_path / "out", vision=vision))
+    output = convert(llm, tmp_path / "out", vision=vision, layout=layout)
+    tensors = converted_tensors(output)
+    if layout == "fast_vlm":  # the stock layout's identity final layernorm, in a file of its own
+        assert (
+            load_file(output / "vision_tower_layernorm.safetensors").keys()
+            == tensors.keys() - reference_conversion.keys()
+        )
+        _, info = AutoModelForImageTextToText.from_pretrained(output, output_loading_info=True)
+        assert not any(info.values())
+        tensors = {name: tensors[name] for name in reference_conversion}
     assert tensors.keys() == reference_conversion.keys()
     assert all(torch.equal(tensors[name], reference_conversion[name]) for name in tensors)
 

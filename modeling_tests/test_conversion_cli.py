@@ -25,7 +25,9 @@ def test_verify_reports_the_logits_of_the_published_model_on_its_test_image(tmp_
     # Recompute independently from the published folder: stock Auto classes, the chat template, the test image.
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]}
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=synthetic_image(256), text=prompt, return_tensors="pt")
     with torch.no_grad():
@@ -46,7 +48,7 @@ def test_output_dot_writes_into_the_current_folder_and_leaves_nothing_else(tmp_p
     output.mkdir()
     monkeypatch.chdir(output)
     assert cli(".") == 0
-    assert (output / "config.json").is_file() and (output / "model.safetensors").is_file()
+    assert (output / "config.json").is_file() and list(output.glob("model*.safetensors"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
     assert not [name for name in os.listdir(output) if name.startswith(".")]
 
@@ -75,10 +77,14 @@ def test_push_to_hub_uploads_the_finished_folder(tmp_path, monkeypatch):
     assert cli(tmp_path / "out", "--push-to-hub", "someone/convllava-tiny") == 0
     assert calls[0] == ("create_repo", "someone/convllava-tiny", {"repo_type": "model", "exist_ok": True})
     assert calls[1][:2] == ("upload_folder", "someone/convllava-tiny")
-    assert {"README.md", "config.json", "model.safetensors"} <= set(calls[1][2])
+    # the default layout is the stock one: what a Hub user loads with plain transformers
+    assert {"README.md", "config.json", "model.safetensors.index.json", "vision_tower_layernorm.safetensors"} <= set(
+        calls[1][2]
+    )
+    assert not [name for name in calls[1][2] if name.endswith(".py")]
 
 
 @pytest.mark.parametrize("flag", ["--safe-serialization", "--force"])
 def test_accepted_flags_still_write_safetensors(tmp_path, flag):
     assert cli(tmp_path / "out", flag) == 0
-    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert list((tmp_path / "out").glob("model*.safetensors"))

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 import convllava_hf
-from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
 from converted_tiny import convert_original_tiny
+from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
 from tiny_models import FIXTURE_DIR
 
 ORIGINAL_VOCAB = 800
@@ -28,7 +28,7 @@ BATCH_CASE = next(case for case in CASES if case["kind"] == "batch")
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     """The fixture converted by the command-line script, in a fresh process, as a user would run it."""
-    return convert_original_tiny(tmp_path_factory.mktemp("converted") / "convllava-tiny")
+    return convert_original_tiny(tmp_path_factory.mktemp("converted") / "convllava-tiny", layout="conv_llava")
 
 
 @pytest.fixture(scope="module")

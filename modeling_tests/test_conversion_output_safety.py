@@ -1,18 +1,21 @@
 """No lost or half-written conversion output: killed runs, `--force` replacement cut short, failed `--verify`."""
 
+import errno
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from convllava_hf.conversion import ConversionError, convert_convllava
+from convllava_hf.conversion import ConversionError, convert_convllava, safetensors_writer, staged_output
 from test_conversion_checkpoints import convert, original_llm_state, write_llm
 from tiny_models import FIXTURE_DIR
 
@@ -124,3 +127,60 @@ def test_failed_verification_publishes_nothing_and_keeps_the_old_output(tmp_path
     (tmp_path / "old" / "keep.txt").write_text("precious")
     assert convert_convllava.main([*arguments, "--output", str(tmp_path / "old"), "--force"]) == 2
     assert siblings(tmp_path) == ["llm", "old"] and siblings(tmp_path / "old") == ["keep.txt"]
+
+
+def this_process_owner(**changes) -> dict:
+    """An owner file as this process would write it, with `changes`."""
+    return {**staged_output._this_process(), **changes}
+
+
+def leave_work_folder(parent: Path, owner: dict, age_s: float = 0) -> Path:
+    work_folder = parent / ".out.partial-left"
+    (work_folder / "out").mkdir(parents=True, exist_ok=True)
+    (work_folder / "out" / "model.safetensors").write_bytes(b"half")
+    (work_folder / "owner.json").write_text(json.dumps(owner))
+    for path in [work_folder / "out" / "model.safetensors", work_folder / "out", work_folder / "owner.json"]:
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+    os.utime(work_folder, (time.time() - age_s, time.time() - age_s))
+    return work_folder
+
+
+def test_a_work_folder_of_a_reused_pid_such_as_a_containers_pid_1_is_removed(tmp_path, caplog):
+    """The owner's PID is alive, but it started at another time: another process, the conversion is gone."""
+    work_folder = leave_work_folder(tmp_path, this_process_owner(pid=1, start_time="123456789"))
+    with caplog.at_level(logging.WARNING):
+        convert(FIXTURE_DIR / "llm", tmp_path / "out")
+    assert siblings(tmp_path) == ["out"] and f"Removed {work_folder}" in caplog.text
+
+
+@pytest.mark.parametrize("elsewhere", [{"host": "another-host"}, {"pid_namespace": "pid:[1]", "start_time": None}])
+def test_an_owner_that_cannot_be_checked_is_stale_once_its_folder_is_old(tmp_path, caplog, elsewhere):
+    work_folder = leave_work_folder(tmp_path, this_process_owner(pid=1, **elsewhere))
+    with pytest.raises(ConversionError, match=rf"process 1 on host .*delete its work folder: rm -r {work_folder}$"):
+        convert(FIXTURE_DIR / "llm", tmp_path / "out")
+    leave_work_folder(tmp_path, this_process_owner(pid=1, **elsewhere), age_s=staged_output.STALE_AFTER_S + 60)
+    with caplog.at_level(logging.WARNING):
+        convert(FIXTURE_DIR / "llm", tmp_path / "out")
+    assert siblings(tmp_path) == ["out"] and f"Removed {work_folder}" in caplog.text
+
+
+def test_a_full_disk_gives_one_line_naming_the_output_and_the_space_needed(tmp_path, monkeypatch, capsys):
+    def full_disk(path, shard):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(safetensors_writer, "write_shard", full_disk)
+    arguments = ["--llm", str(FIXTURE_DIR / "llm"), "--vision", str(FIXTURE_DIR / "vision"), "--output"]
+    assert convert_convllava.main([*arguments, str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: No space left on the device of --output {tmp_path}/out")
+    assert re.search(r"needs about 0\.0\d GB, [\d.]+ GB are free", error) and siblings(tmp_path) == []
+
+
+def test_converted_files_follow_the_umask_like_save_pretrained(tmp_path):
+    old = os.umask(0o022)
+    try:
+        convert(FIXTURE_DIR / "llm", tmp_path / "out")
+    finally:
+        os.umask(old)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in (tmp_path / "out").iterdir()}
+    assert set(modes.values()) == {"0o644"}, modes

@@ -1,6 +1,7 @@
 """The README's demo command and the example scripts run end to end without weights."""
 
 import runpy
+import tempfile
 import sys
 from pathlib import Path
 
@@ -103,8 +104,10 @@ def run_example(script: str, monkeypatch, capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
-def test_pipeline_example_prints_what_generate_answers(monkeypatch, capsys):
+def test_pipeline_example_prints_what_generate_answers_and_leaves_no_temp_folder(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TMPDIR, as tempfile reads it
     lines = run_example("pipeline_inference.py", monkeypatch, capsys).splitlines()
+    assert list(tmp_path.iterdir()) == []
     model, processor = build_demo_model_and_processor()
     picture = PIL.Image.open(DEMO_IMAGE).convert("RGB")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]}]

@@ -67,7 +67,7 @@ def test_read_samples_names_the_line_of_a_malformed_record(tmp_path, line, messa
 
 
 def test_a_missing_checkpoint_gets_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="No ConvLLaVA checkpoint could be loaded from .*no such folder"):
+    with pytest.raises(ValueError, match="No ConvLLaVA checkpoint could be loaded from .*no local folder .* exists"):
         load_for_evaluation(tmp_path / "missing")
 
 
@@ -133,3 +133,14 @@ def test_eval_grounding_refuses_a_record_whose_image_size_is_wrong(converted, tm
             "--output", str(tmp_path / "out.jsonl"),
         ])  # fmt: skip
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_image_paths_default_to_the_data_files_folder_as_in_training(tmp_path, monkeypatch):
+    data_folder = tmp_path / "refcoco"
+    data_folder.mkdir()
+    data = data_folder / "val.jsonl"
+    data.write_text('{"image": "a.png", "sent": "x", "bbox": [0, 0, 1, 1], "width": 4, "height": 4}\n')
+    Image.new("RGB", (4, 4)).save(data_folder / "a.png")
+    monkeypatch.chdir(tmp_path)  # a.png is not in the working directory
+    with pytest.raises(SystemExit, match="No ConvLLaVA checkpoint could be loaded"):  # the images were found
+        eval_grounding.main(["--model", str(tmp_path / "missing"), "--data", str(data)])

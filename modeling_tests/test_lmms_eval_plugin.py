@@ -8,6 +8,7 @@ Needs lmms-eval, which lives in its own environment: `.ci/run` builds `.venv/lmm
 """
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -460,3 +461,27 @@ def test_model_args_override_the_image_settings(workspace):
     assert plugin.processor.image_processor.resolution == 128
     assert plugin.batch_size == 4  # model_args win over --batch_size
     assert plugin.max_new_tokens == 7
+
+
+def documented_plugin_check() -> str:
+    """The Python code of docs/evaluation.md's `python -c "..."` check that lmms-eval finds the plugin."""
+    docs = (REPO_ROOT / "docs" / "evaluation.md").read_text()
+    return re.search(r'^python -c "(.*get_model\(.convllava.\).*)"', docs, flags=re.MULTILINE).group(1)
+
+
+def test_the_documented_plugin_check_prints_the_class_or_fails_naming_the_cause(tmp_path):
+    check = documented_plugin_check()
+    found = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert found.stdout.strip() == "<class 'convllava_hf.evaluation.lmms_eval_model.ConvLlava'>"
+
+    shadow = tmp_path / "torchvision"  # the clash of lmms-eval's default torchvision with this torch
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    broken = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, env=env)
+    assert broken.returncode == 1
+    assert "Model 'convllava' not found" in broken.stderr
+    output = broken.stdout + broken.stderr  # lmms-eval logs its WARNING through loguru
+    assert "torchvision is installed but fails to import" in output and "pip uninstall torchvision" in output

@@ -91,3 +91,19 @@ def test_prompt_longer_than_max_position_embeddings_warns_once_naming_both_lengt
     warnings = [record.getMessage() for record in caplog.records if "max_position_embeddings" in record.getMessage()]
     assert len(warnings) == 1
     assert f"{max_positions + 3} tokens" in warnings[0] and f"max_position_embeddings ({max_positions})" in warnings[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_input_ids_that_are_not_integers_are_refused_naming_the_dtype(model, dtype):
+    with pytest.raises(ValueError, match=rf"input_ids must be integer token ids \(torch.long\), got {dtype}"):
+        model(input_ids=torch.tensor([[1, 11, 12]]).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_integer_pixel_values_are_refused_saying_to_use_the_processor(model, dtype):
+    raw = torch.randint(0, 256, (1, 3, 256, 256)).to(dtype)
+    message = rf"pixel_values hold {dtype} values; the model takes the normalised float pixels that ConvLlavaProcessor"
+    with pytest.raises(ValueError, match=message):
+        model(input_ids=image_prompt(), pixel_values=raw)
+    with pytest.raises(ValueError, match=message):
+        model.get_image_features(pixel_values=[torch.randn(3, 128, 128), raw[0]])

@@ -276,3 +276,28 @@ def test_batched_chats_with_and_without_images_give_each_original_row(processor)
     )
     assert inputs["input_ids"] == [left_padded(ROWS["case0"], 61), left_padded(ROWS["case3"], 61)]
     assert inputs["image_sizes"] == [[256, 256]]
+
+
+def test_images_mixing_single_images_and_rows_are_refused_naming_the_layout(processor):
+    square = image("square_256x256.png")
+    with pytest.raises(ValueError, match=r"flat list of images or a list of rows .* got \[image, row\]"):
+        processor(images=[square, [square, square]], text=["<image>A", "<image><image>B"], padding=True)
+
+
+@pytest.mark.parametrize("images", [[], [[], []]])
+def test_an_empty_list_of_images_means_text_only(processor, images):
+    texts = ["Hi", "Ho"]
+    inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    expected = processor(text=texts, padding=True, return_tensors="pt")
+    assert inputs.keys() == expected.keys() == {"input_ids", "attention_mask"}
+    assert torch.equal(inputs["input_ids"], expected["input_ids"])
+    with pytest.raises(ValueError, match="Found 1 <image> tokens in the text but no images were passed"):
+        processor(images=images, text=["<image>Hi", "Ho"], padding=True)
+
+
+def test_a_bfloat16_image_tensor_gives_the_pixels_of_its_float32_values(processor):
+    pixels = torch.rand(3, 100, 150).to(torch.bfloat16)
+    from_bf16 = processor(images=pixels, text="<image>A", return_tensors="pt")
+    from_fp32 = processor(images=pixels.float(), text="<image>A", return_tensors="pt")
+    assert torch.equal(from_bf16["pixel_values"], from_fp32["pixel_values"])
+    assert torch.equal(from_bf16["input_ids"], from_fp32["input_ids"])

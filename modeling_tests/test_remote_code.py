@@ -41,6 +41,7 @@ MODULES = {
     "chat_template.py",
     "grounding.py",
     "stock_layout.py",
+    "whole_prompt_tokenizer.py",
 }
 MODEL_MAP = {
     "AutoConfig": "configuration_conv_llava.ConvLlavaConfig",
@@ -86,7 +87,9 @@ def copy_without(folder: Path, destination: Path, missing: str) -> Path:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("remote-code")
-    converted = convert_checkpoint(str(FIXTURE_DIR / "llm"), root / "converted", str(FIXTURE_DIR / "vision"))
+    converted = convert_checkpoint(
+        str(FIXTURE_DIR / "llm"), root / "converted", str(FIXTURE_DIR / "vision"), layout="conv_llava"
+    )
     saved = root / "saved"
     processor = ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
     model = tiny_model()

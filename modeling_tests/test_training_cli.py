@@ -1,5 +1,6 @@
 """convllava-train's arguments: stage presets, global batch, LoRA/QLoRA set-up, stage-2 freezing, shipped configs."""
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from bitsandbytes.nn import Linear4bit
 
 from convllava_hf.training import STAGE_PRESETS, freeze_for_stage, gradient_accumulation_steps, parse_args
-from convllava_hf.training.cli import build_trainer
+from convllava_hf.training.cli import build_trainer, main
 from test_training_stages import build_dataset, save_base_model
 from tiny_models import tiny_model
 
@@ -150,6 +151,27 @@ def test_qlora_quantizes_only_the_language_model_and_trains(base, tmp_path):
     assert (tmp_path / "adapter_model.safetensors").is_file() and (tmp_path / "processor_config.json").is_file()
 
 
+def readme_qlora_command() -> list[str]:
+    """The README's QLoRA fine-tuning command, split into arguments (after `convllava-train`)."""
+    readme = (REPOSITORY / "README.md").read_text()
+    block = readme.split("Fine-tuning a released model on your own data with QLoRA")[1].split("```bash\n")[1]
+    command = shlex.split(block.split("```")[0].replace("\\\n", " "))
+    assert command[0] == "convllava-train" and "--bf16" in command and "--load_in_4bit" in command
+    return command[1:]
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the CPU defaults: this machine has a GPU")
+def test_readme_qlora_command_trains_on_a_cpu_as_written(base, tmp_path):
+    """`--bf16` on a CPU needs the Trainer's `use_cpu`, which convllava-train sets itself when there is no GPU."""
+    paths = {"./ConvLLaVA-sft-1536-hf": base["model"], "my_data.json": base["data"], "./my-lora": tmp_path / "lora"}
+    paths["./my_images"] = base["data"].parent / "images"
+    command = [str(paths.get(argument, argument)) for argument in readme_qlora_command()]
+    args, training = parse_args([*command, "--max_steps=1", "--report_to=none"])
+    assert training.use_cpu and training.bf16 and training.device.type == "cpu"
+    main([*command, "--max_steps=1", "--report_to=none", "--lora_r=4", "--lora_alpha=8", "--global_batch_size=4"])
+    assert (tmp_path / "lora" / "adapter_model.safetensors").is_file()
+
+
 @pytest.mark.parametrize(
     ("name", "kind", "zero_stage"),
     [("deepspeed_zero2", "DEEPSPEED", 2), ("deepspeed_zero3", "DEEPSPEED", 3), ("fsdp", "FSDP", None)],
@@ -172,3 +194,11 @@ def test_example_script_shows_the_stage_options():
     assert result.returncode == 0, result.stderr
     for flag in ("--stage", "--model", "--data", "--image_folder", "--output", "--global_batch_size", "--lora"):
         assert flag in result.stdout
+
+
+def test_a_missing_data_file_is_one_line_naming_it_before_anything_loads(tmp_path):
+    missing = tmp_path / "nowhere" / "data.json"
+    argv = ["--stage=3", f"--model={tmp_path / 'no-model'}", f"--data={missing}", f"--output={tmp_path / 'out'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == f"convllava-train: --data {missing}: no such file."

@@ -126,15 +126,14 @@ def broken_data(tmp_path):
 
 def test_broken_records_are_skipped_with_a_warning_naming_each(processor, broken_data, caplog):
     with caplog.at_level(logging.WARNING, logger="convllava_hf.training.data"):
-        dataset = LlavaDataset(broken_data, processor)
-        assert [record.id for record in dataset.records] == ["good-1", "missing-file", "unreadable", "good-2"]
+        dataset = LlavaDataset(broken_data, processor, on_broken_record="skip")  # 1 of 3 images missing: > 10%
+        assert [record.id for record in dataset.records] == ["good-1", "unreadable", "good-2"]  # paths checked first
         samples = [dataset[index] for index in range(len(dataset))]
     for record_id in ("missing-file", "unreadable", "no-answer", "marker-mismatch"):
         assert sum(record_id in message for message in caplog.messages) == 1, record_id
     assert "not found" in caplog.text and "unreadable image" in caplog.text
     # a sample that fails to load is replaced by the next valid one, so batches stay full
-    assert torch.equal(samples[1]["input_ids"], samples[3]["input_ids"]) and "pixel_values" not in samples[1]
-    assert torch.equal(samples[2]["input_ids"], samples[3]["input_ids"])
+    assert torch.equal(samples[1]["input_ids"], samples[2]["input_ids"]) and "pixel_values" not in samples[1]
 
 
 def test_broken_records_raise_when_configured(processor, broken_data):
@@ -142,15 +141,18 @@ def test_broken_records_raise_when_configured(processor, broken_data):
         LlavaDataset(broken_data, processor, on_broken_record="raise")
     records = json.loads(broken_data.read_text())
     broken_data.write_text(json.dumps([r for r in records if r["id"] in ("good-1", "missing-file")]))
+    with pytest.raises(BrokenRecordError, match="'missing-file'.*nowhere.png' not found"):
+        LlavaDataset(broken_data, processor, on_broken_record="raise")
+    broken_data.write_text(json.dumps([r for r in records if r["id"] in ("good-1", "unreadable")]))
     dataset = LlavaDataset(broken_data, processor, on_broken_record="raise")
     dataset[0]
     for _ in range(2):  # every time, not only the first
-        with pytest.raises(BrokenRecordError, match="'missing-file'.*nowhere.png' not found"):
+        with pytest.raises(BrokenRecordError, match="'unreadable'.*unreadable image"):
             dataset[1]
 
 
 def test_image_stages_treat_text_only_records_as_broken(processor, broken_data):
-    dataset = LlavaDataset(broken_data, processor, require_images=True)
+    dataset = LlavaDataset(broken_data, processor, on_broken_record="skip", require_images=True)
     assert "good-2" not in [record.id for record in dataset.records]
 
 
@@ -212,6 +214,20 @@ def test_jsonl_files_are_read_line_by_line(processor, tmp_path):
     records = [{"id": str(i), "conversations": [human("Hi?"), gpt("Yo.")]} for i in range(3)]
     path.write_text("\n".join(map(json.dumps, records)) + "\n")
     assert [record.id for record in LlavaDataset(path, processor).records] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("data.jsonl", '{"id": "0"}\n\n{"id": "2"}\n{"id": 3,\n', r"data.jsonl, line 4: invalid JSON \(Expecting"),
+        ("data.json", '[{"id": "0"},\n {"id": "1"},\n {"id" "2"}]', r"data.json, line 3: invalid JSON \(Expecting ':'"),
+    ],
+)
+def test_invalid_json_names_the_file_and_its_real_line(processor, tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        LlavaDataset(path, processor)
 
 
 def test_collator_pads_to_the_longest_sample_and_gathers_every_image():

@@ -76,3 +76,41 @@ def test_resume_latest_without_a_complete_checkpoint_names_the_incomplete_ones(w
     (tmp_path / "out" / "checkpoint-4").mkdir(parents=True)
     with pytest.raises(ValueError, match="no complete checkpoint.*checkpoint-4"):
         train(3, workspace["base"], workspace["data"], tmp_path / "out", "--resume_from_checkpoint=latest")
+
+
+def test_model_inside_the_output_is_refused_and_never_rotated_away(workspace, tmp_path):
+    output = tmp_path / "out"
+    train(3, workspace["base"], workspace["data"], output, "--max_steps=2", "--save_strategy=steps", "--save_steps=2")
+    before = folder_bytes(output)
+    source = output / "checkpoint-2"
+    with pytest.raises(ValueError, match="--model .*checkpoint-2 lies inside --output"):
+        train(3, source, workspace["data"], output, "--max_steps=2", "--save_strategy=steps", "--save_steps=1",
+              "--save_total_limit=1")  # fmt: skip
+    assert folder_bytes(output) == before
+
+
+def resume_message(caplog) -> str:
+    return next(record.getMessage() for record in caplog.records if "Resuming from" in record.getMessage())
+
+
+def test_resume_latest_takes_only_checkpoints_of_the_run_last_started_there(workspace, tmp_path, caplog):
+    output, saving = tmp_path / "out", ("--save_strategy=steps", "--save_steps=2")
+    train(3, workspace["base"], workspace["data"], output, "--max_steps=4", *saving)  # run A: checkpoint-2, -4
+    train(3, workspace["base"], workspace["data"], output, "--max_steps=2", *saving)  # run B, fresh: checkpoint-2
+    with caplog.at_level(logging.WARNING):
+        train(3, workspace["base"], workspace["data"], output, "--max_steps=4", *saving, "--resume_from_checkpoint=latest")
+    assert str(output / "checkpoint-2") in resume_message(caplog) and "ignoring checkpoint-4" in resume_message(caplog)
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+    first_run = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"]
+    resumed_run = json.loads((output / "convllava_run.json").read_text())["run_id"]
+    assert state["stateful_callbacks"]["RunIdentity"]["args"]["run_id"] == resumed_run  # run B went on
+    assert first_run["RunIdentity"]["args"]["run_id"] != resumed_run
+
+
+def test_resume_latest_after_a_fresh_run_without_checkpoints_names_the_earlier_runs(workspace, tmp_path):
+    output = tmp_path / "out"
+    train(3, workspace["base"], workspace["data"], output, "--max_steps=2", "--save_strategy=steps", "--save_steps=2")
+    train(3, workspace["base"], workspace["data"], output, "--max_steps=1")  # saves no checkpoint
+    with pytest.raises(ValueError, match=r"last run into .* saved no checkpoint.*checkpoint-2 \(run [0-9a-f]{12}\)"):
+        train(3, workspace["base"], workspace["data"], output, "--max_steps=3", "--resume_from_checkpoint=latest")

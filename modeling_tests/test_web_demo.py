@@ -4,6 +4,7 @@
 the reason, where Gradio, gradio_client, Selenium or Debian's chromium/chromium-driver are missing.
 """
 
+import os
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,7 +25,6 @@ gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is no
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.utils import Status  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
 
 from convllava_hf.cli.demo import build_demo_model_and_processor  # noqa: E402
 
@@ -55,7 +56,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The demo's URL; the server process runs with the random demo model and is stopped by its PID."""
+    """The demo's URL, process and log file; the server runs with the random demo model and is stopped by its PID."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     command = [sys.executable, "-m", "convllava_hf.cli.web_demo", "--host", "127.0.0.1", "--port", str(port),
@@ -77,7 +78,7 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"convllava-demo did not answer within {SERVER_START_S} s:\n{log_path.read_text()}")
             time.sleep(1)
-        yield url, process
+        yield url, process, log_path
     finally:
         process.terminate()
         try:
@@ -176,14 +177,14 @@ def test_visual_tokens_of_a_3_to_1_image_update_before_sending(server, images, m
 @pytest.mark.parametrize(
     ("case", "error"),
     [
-        ("broken", "Image 1 cannot be used: Could not decode an image"),
-        ("huge", "Image 1 cannot be used: Refusing to decode"),
+        ("broken", "Image 1 cannot be used: Could not decode an image from 'broken.png'"),
+        ("huge", "Image 1 cannot be used: Refusing to decode 'huge.png'"),
         ("no question", "Ask a question about the 1 attached image(s)"),
         ("too many images", "Too much for the model: 15 image(s) take 2160 visual tokens at 768 px in pad mode"),
     ],
 )
 def test_bad_input_gets_a_message_and_the_server_keeps_running(server, images, case, error):
-    url, process = server
+    url, process, _ = server
     client = Client(url, verbose=False)
     message = {
         "broken": _message("What is it?", images["broken"]),
@@ -191,10 +192,26 @@ def test_bad_input_gets_a_message_and_the_server_keeps_running(server, images, c
         "no question": _message("  ", images["photo"]),
         "too many images": _message("Compare them.", *[images["photo"]] * 15),
     }[case]
-    with pytest.raises(AppError, match=error.replace("(", r"\(").replace(")", r"\)")):
-        _chat(client, message)
+    history, message_box, stats = _chat(client, message)[-1]  # a refusal is an answer, not an error
+    assert history == [] and stats.startswith("**Not sent:**") and error in stats
+    assert message_box["value"]["text"] == message["text"] and len(message_box["value"]["files"]) == len(
+        message["files"]
+    )
+    assert "/gradio/" not in stats  # the upload's name, not Gradio's cache path
     assert process.poll() is None
     assert _text(_chat(client, _message("Still there?", images["photo"]), max_new_tokens=2)[-1][0][-1])
+
+
+def test_refusals_are_logged_in_one_line_without_a_traceback(server, images):
+    url, _, log_path = server
+    before = log_path.read_text()
+    _chat(Client(url, verbose=False), _message("What is it?", images["broken"]))
+    added = log_path.read_text()[len(before) :]
+    assert "Traceback" not in added
+    assert [line for line in added.splitlines() if "Refused a request" in line] == [
+        line for line in added.splitlines() if "broken.png" in line
+    ]
+    assert len([line for line in added.splitlines() if "Refused a request" in line]) == 1
 
 
 def _wait_for_streaming(job, deadline_s: float = ANSWER_S) -> None:
@@ -293,12 +310,103 @@ def test_a_failed_generation_gives_the_message_back_and_keeps_the_conversation(d
     assert message_box.value == message and message_box.interactive
 
 
-def _chromium():
-    """A headless Chromium driven by Selenium, or a skip naming what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium is not installed")
+def test_a_refusal_keeps_the_conversation_and_raises_no_error(demo_model, images, caplog):
+    from convllava_hf.web import app as web_app
+
+    demo_app = web_app.DemoApp(*demo_model, model_name=None)
+    earlier = web_app.Session(turns=(web_app.Turn("user", "Hi"), web_app.Turn("assistant", "Hello")),
+                              chat=({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}))
+    message = {"text": "What is it?", "files": [images["broken"]]}
+    with caplog.at_level("WARNING", logger="convllava_hf.web.app"), pytest.warns(UserWarning, match="broken.png"):
+        updates = list(demo_app.respond(message, earlier, "pad", 768, 8, 0.0, 1.0, SimpleNamespace(session_hash="r")))
+    (chat, session, message_box, stats), = updates
+    assert chat == list(earlier.chat) and session is earlier
+    assert message_box.value["text"] == message["text"] and message_box.interactive
+    assert [file["orig_name"] for file in message_box.value["files"]] == ["broken.png"]
+    assert stats.startswith("**Not sent:** Image 1 cannot be used: Could not decode an image from 'broken.png'")
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and record.exc_info is None and "broken.png" in record.getMessage()
+
+
+def test_clear_pressed_while_an_answer_streams_starts_the_next_question_afresh(demo_model, images):
+    from convllava_hf.web import app as web_app
+
+    demo_app = web_app.DemoApp(*demo_model, model_name=None)
+    request = SimpleNamespace(session_hash="clear-while-streaming")
+    message = {"text": "Describe it.", "files": [images["photo"]]}
+    streaming = demo_app.respond(message, web_app.Session(), "pad", 768, 400, 0.0, 1.0, request)
+    next(streaming), next(streaming)  # the answer has started
+    demo_app.clear(request)
+    written = [update[1] for update in streaming if isinstance(update[1], web_app.Session)]  # what still arrives
+    session = written[-1] if written else web_app.Session()
+    chat, session, _, stats = list(demo_app.respond({"text": "Next?", "files": []}, session, "pad", 768, 2, 0.0, 1.0,
+                                                    request))[-1]
+    assert "(0 visual)" in stats and len(chat) == 2 and _text(chat[0]) == "Next?"
+    assert [turn.text for turn in session.turns[::2]] == ["Next?"]
+
+
+def test_an_api_call_without_mode_or_resolution_uses_the_processors(demo_model, images):
+    from convllava_hf.web import app as web_app
+
+    demo_app = web_app.DemoApp(*demo_model, model_name=None)
+    resolution = demo_model[1].image_processor.resolution
+    message = {"text": "What is it?", "files": [images["photo"]]}
+    request = SimpleNamespace(session_hash="n")
+    *_, (_, _, _, stats) = demo_app.respond(message, web_app.Session(), None, None, 2, 0.0, 1.0, request)
+    tokens = (resolution // 64) ** 2
+    assert f"({tokens} visual)" in stats
+    assert f"**{tokens} visual tokens** at {resolution} px in pad mode" in demo_app.preview(message, None, None)[1]
+
+
+def test_the_title_names_the_model_not_its_local_path(demo_model, tmp_path):
+    from convllava_hf.web import app as web_app
+
+    folder = tmp_path / "tmpk2x9" / "convllava-768"
+    folder.mkdir(parents=True)
+    page = web_app.DemoApp(*demo_model, model_name=str(folder)).build()
+    titles = [block.value for block in page.blocks.values() if getattr(block, "value", None) and "# ConvLLaVA" in
+              str(block.value)]
+    assert titles and titles[0].startswith("# ConvLLaVA: convllava-768\n") and str(tmp_path) not in titles[0]
+    assert web_app.model_display_name("org/convllava-1536") == "org/convllava-1536"
+
+
+def test_the_page_deletes_uploads_bounds_previews_and_leaves_no_temporary_folder(demo_model, tmp_path, monkeypatch):
+    import gradio as gr
+
+    from convllava_hf.web import app as web_app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    launched = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda page, **kwargs: launched.update(kwargs, page=page))
+    demo_app = web_app.DemoApp(*demo_model, model_name=None)
+    assert list(tmp_path.glob("convllava-demo-*")) == []  # nothing made for a start
+    image = tmp_path / "dog.png"
+    PIL.Image.new("RGB", (400, 200)).save(image)
+    (drawn,) = demo_app._grounding_box([web_app.Turn("user", "Where?", [str(image)])], "[0.1, 0.1, 0.5, 0.5]", "pad")
+    assert Path(drawn["content"]["path"]).parent.name.startswith("convllava-demo-")
+
+    demo_app.launch("127.0.0.1", 0, "5mb")  # returns at once here, as when the server stops
+    assert list(tmp_path.glob("convllava-demo-*")) == []  # the pictures go with the server
+    assert launched["page"].delete_cache and all(value > 0 for value in launched["page"].delete_cache)
+    (preview,) = [fn for fn in launched["page"].fns.values() if fn.api_name == "token_preview"]
+    assert preview.concurrency_limit == web_app.PREVIEW_CONCURRENCY
+
+
+@pytest.fixture(scope="module")
+def chromium_driver():
+    """
+    Selenium's webdriver module and Debian's chromium and chromedriver paths, or a skip naming what is missing
+    (module-scoped and requested first, so that the skip comes before the server starts).
+    """
+    webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium is not installed (pip install selenium)")
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not browser or not driver:
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium-driver)")
+    return webdriver, browser, driver
+
+
+def _chromium(webdriver, browser: str, driver: str):
+    """A headless Chromium driven by Selenium."""
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"]:
@@ -308,11 +416,14 @@ def _chromium():
     return chrome
 
 
-def test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token_count(server, images, tmp_path):
+def test_the_page_in_a_browser_shows_the_token_count_and_refuses_without_error_badges(
+    chromium_driver, server, images, tmp_path
+):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = _chromium()
+    browser = _chromium(*chromium_driver)
     try:
         browser.get(server[0])
         wait = WebDriverWait(browser, 60)
@@ -327,6 +438,14 @@ def test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token
         browser.find_element(By.XPATH, "//label[.//span[text()='preserve']]").click()
         wait.until(lambda page: "48 visual tokens at 768 px in preserve mode" in counts.text)
         screenshot = tmp_path / "page.png"
+
+        browser.find_element(By.CSS_SELECTOR, "#message textarea").send_keys(Keys.ENTER)  # an image, no question
+        stats = wait.until(lambda page: page.find_element(By.ID, "stats") if "Not sent" in
+                           page.find_element(By.ID, "stats").text else None)
+        assert "Ask a question about the 1 attached image(s)" in stats.text
+        time.sleep(1)
+        badges = [badge for badge in browser.find_elements(By.CSS_SELECTOR, ".error") if badge.is_displayed()]
+        assert [badge.text for badge in badges] == []  # no red "Error" over the conversation, input or stats
         assert browser.save_screenshot(str(screenshot))
     finally:
         browser.quit()
@@ -334,3 +453,17 @@ def test_the_page_in_a_browser_shows_the_banner_the_upload_control_and_the_token
         assert picture.size == (1400, 1000) or picture.width >= 1000
         colours = np.unique(np.asarray(picture.convert("RGB").resize((64, 64))).reshape(-1, 3), axis=0)
     assert len(colours) > 20  # a rendered page, not a blank one
+
+
+def test_the_browser_test_skips_naming_selenium_where_gradio_is_installed_but_selenium_is_not(tmp_path):
+    shadow = tmp_path / "selenium"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'selenium'\", name='selenium')\n")
+    test = f"{__file__}::test_the_page_in_a_browser_shows_the_token_count_and_refuses_without_error_badges"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    finished = subprocess.run(
+        [sys.executable, "-m", "pytest", test, "-q", "-rs", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:]
+    assert "1 skipped" in finished.stdout and "Selenium is not installed" in finished.stdout

@@ -191,3 +191,65 @@ def test_space_app_reads_the_model_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(SPACE_APP)])
     with pytest.raises(SystemExit, match=f"could not load '{missing}'"):
         runpy.run_path(str(SPACE_APP), run_name="__main__")
+
+
+def _truncated_png(path: Path, size: tuple[int, int] = (600, 200)) -> str:
+    """A PNG whose header is whole and whose pixel data is cut off: decoding it fails, reading its size does not."""
+    data = path.with_suffix(".full.png")
+    PIL.Image.effect_noise(size, 64).convert("RGB").save(data)
+    path.write_bytes(data.read_bytes()[:200])
+    return str(path)
+
+
+def test_the_context_is_checked_from_the_image_headers_before_any_image_is_decoded(demo, tmp_path):
+    # 60 mentions of one upload: refused for the context (60 x 144 tokens), not for the pixels it would decode
+    turns = [Turn("user", "Compare them.", [_truncated_png(tmp_path / "cut.png")] * 60)]
+    with pytest.raises(ValueError, match=r"Too much for the model: 60 image\(s\) take 8640 visual tokens at 768 px"):
+        prepare_inputs(demo[1], turns, greedy(), context_length=2048)
+
+
+def test_a_broken_image_is_named_as_uploaded_and_numbered_within_its_message(demo, wide_image, tmp_path):
+    upload = tmp_path / "gradio-cache" / "3f9a0c"
+    upload.mkdir(parents=True)
+    broken = upload / "holiday.png"
+    broken.write_bytes(b"not an image at all")
+    turns = [Turn("user", "What is it?", [wide_image]), Turn("assistant", "Red."), Turn("user", "And?", [str(broken)])]
+    with pytest.raises(ValueError) as error:
+        prepare_inputs(demo[1], turns, greedy(), 2048)
+    assert str(error.value).startswith("Image 1 cannot be used: Could not decode an image from 'holiday.png'")
+    assert str(upload) not in str(error.value)
+
+
+def test_a_typed_image_placeholder_is_refused_rather_than_counted_as_an_image(demo, wide_image):
+    turns = [Turn("user", "What does <image> mean in <image>?", [wide_image])]
+    with pytest.raises(ValueError, match="The question contains the text '<image>'"):
+        prepare_inputs(demo[1], turns, greedy(), 2048)
+
+
+def test_the_preview_of_a_16_bit_image_shows_the_grey_the_model_gets(demo, tmp_path):
+    path = tmp_path / "grey16.png"
+    PIL.Image.fromarray(np.full((64, 64), 32896, dtype=np.uint16)).save(path)  # the model reads 32896 / 257 = 128
+    picture, _ = grid_preview(PIL.Image.open(path), demo[1].image_processor, 768, "preserve")
+    assert tuple(np.asarray(picture)[100, 100]) == (128, 128, 128)
+
+
+def test_a_large_upload_is_previewed_from_a_reduced_decode_with_its_full_size_grid(demo, tmp_path):
+    from convllava_hf.image_files import open_reduced, upright_size
+
+    path = tmp_path / "large.jpg"
+    PIL.Image.new("RGB", (6000, 2000), RED).save(path, quality=95)
+    reduced = open_reduced(path, 1024)
+    assert 1024 <= max(reduced.size) < 2048 and upright_size(path) == (2000, 6000)
+    picture, grid = grid_preview(reduced, demo[1].image_processor, 1536, "preserve", size=upright_size(path))
+    full_picture, full_grid = grid_preview(PIL.Image.open(path), demo[1].image_processor, 1536, "preserve")
+    assert grid == full_grid and picture.size == full_picture.size == (512, 171)
+
+
+def test_the_header_based_context_check_counts_the_prompt_the_processor_builds(demo, wide_image):
+    _, processor = demo
+    turns = [Turn("user", "Compare them.", [wide_image] * 14)]
+    prompt = processor.apply_chat_template(chat_messages(turns), add_generation_prompt=True)
+    images = [PIL.Image.open(wide_image)] * 14
+    length = processor(images=images, text=prompt, return_tensors="pt", resolution=768)["input_ids"].shape[1]
+    with pytest.raises(ValueError, match=f"the prompt is {length} tokens"):
+        prepare_inputs(processor, turns, greedy(max_new_tokens=64), context_length=2048)

@@ -150,8 +150,14 @@ class ConvLlavaConfig(LlavaConfig):
         ConvLLaVA's geometry.
         """
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") == STOCK_MODEL_TYPE:
+        model_type = config_dict.get("model_type")
+        if model_type == STOCK_MODEL_TYPE:
             config_dict = from_stock_config(config_dict, f"{pretrained_model_name_or_path}/config.json")
+        elif model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a model of type {model_type!r}, not a ConvLLaVA checkpoint "
+                f"({cls.model_type!r}, or {STOCK_MODEL_TYPE!r} with a ConvNeXt tower, as convllava-convert writes)."
+            )
         return config_dict, kwargs
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):

@@ -1,14 +1,12 @@
 """Image processor of ConvLLaVA: the original "pad" pipeline, bit for bit, plus an aspect-ratio preserving mode."""
 
+import contextlib
 import dataclasses
-import io
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 from transformers.image_processing_utils import BatchFeature, SizeDict
 from transformers.image_transforms import to_pil_image
@@ -19,12 +17,26 @@ from transformers.utils import TensorType, logging
 from typing_extensions import Unpack
 
 from .configuration_conv_llava import VISION_STRIDE, check_resolution, num_visual_tokens
-from .padded_resize import MAX_LONG_SIDE, pad_to_square_and_resize
+from .image_files import check_pixel_count, load_image_source, open_image, upright_rgb
+from .padded_resize import pad_to_square_and_resize
 
 logger = logging.get_logger(__name__)
 
 ASPECT_RATIO_MODES = ("pad", "preserve")
-SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+@contextlib.contextmanager
+def auto_map_in_files_only(*objects):
+    """
+    Remove the `auto_map` attribute that transformers' `save_pretrained` sets on `objects` to write it into the files.
+    `auto_map` says where a saved folder's code is: it belongs in the folder, not in the objects, whose `to_dict()` is
+    then the same before a save, after it and after a reload.
+    """
+    try:
+        yield
+    finally:
+        for obj in objects:
+            obj.__dict__.pop("auto_map", None)
 
 
 class ConvLlavaImageProcessorKwargs(ImagesKwargs, total=False):
@@ -86,62 +98,6 @@ def _resolve_size_settings(kwargs: dict) -> dict:
     return kwargs
 
 
-def _check_pixel_count(height: int, width: int) -> None:
-    if height == 0 or width == 0:
-        raise ValueError(f"Got an empty image ({width}x{height} pixels).")
-    if max(height, width) > MAX_LONG_SIDE:
-        raise ValueError(
-            f"The image is {width}x{height} pixels; sides longer than {MAX_LONG_SIDE} pixels are refused (resizing "
-            "costs grow with the longer side, whatever the pixel count). Crop or shrink the image."
-        )
-    limit = PIL.Image.MAX_IMAGE_PIXELS
-    if limit is not None and height * width > limit:
-        raise ValueError(
-            f"The image has {width}x{height} = {width * height} pixels, more than PIL's decompression-bomb limit "
-            f"PIL.Image.MAX_IMAGE_PIXELS = {limit}; raise that limit if the image is trusted."
-        )
-
-
-def open_image(source: str | os.PathLike | bytes | bytearray) -> PIL.Image.Image:
-    """Decode an image file or its bytes, turning PIL's errors and decompression-bomb warnings into `ValueError`."""
-    name = "the given bytes" if isinstance(source, (bytes, bytearray)) else repr(os.fspath(source))
-    if not isinstance(source, (bytes, bytearray)):
-        if os.path.isdir(source):
-            raise ValueError(f"{name} is a directory, not an image file.")
-        if not os.path.exists(source):
-            raise ValueError(f"No image file at {name}: the path does not exist.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            image = PIL.Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-            if max(image.size) > MAX_LONG_SIDE:  # refused from the header, before decoding
-                _check_pixel_count(image.height, image.width)
-            image.load()
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
-        raise ValueError(
-            f"Refusing to decode {name}: {error} (PIL.Image.MAX_IMAGE_PIXELS = {PIL.Image.MAX_IMAGE_PIXELS})."
-        ) from error
-    except (OSError, SyntaxError) as error:
-        raise ValueError(
-            f"Could not decode an image from {name}: truncated, corrupt or not an image ({error})."
-        ) from error
-    except MemoryError as error:  # e.g. Pillow's PNG decoder on a row of tens of millions of pixels
-        raise ValueError(f"Pillow ran out of memory decoding {name}.") from error
-    return image
-
-
-def _upright_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """
-    Apply the EXIF orientation, map 16-bit greyscale (0..65535) to 8-bit (0..255), then `convert("RGB")` as the
-    original loader did (so an alpha channel is dropped, not composited).
-    """
-    image = PIL.ImageOps.exif_transpose(image)
-    if image.mode in SIXTEEN_BIT_MODES:
-        levels = np.rint(np.asarray(image, dtype=np.float64) / 257.0)
-        image = PIL.Image.fromarray(np.clip(levels, 0, 255).astype(np.uint8), mode="L")
-    return image.convert("RGB")
-
-
 class ConvLlavaImageProcessor(LlavaImageProcessorPil):
     r"""
     Turns images into ConvLLaVA's `pixel_values` (PIL backend: bicubic resizing by Pillow on uint8 data, as the
@@ -180,7 +136,13 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
     image_aspect_ratio = "pad"
 
     def __init__(self, **kwargs: Unpack[ConvLlavaImageProcessorKwargs]):
+        kwargs.pop("auto_map", None)  # a saved folder's pointer to its code (see `auto_map_in_files_only`)
         super().__init__(**_resolve_size_settings(kwargs))
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """As transformers saves; `auto_map` goes into the files only (see `auto_map_in_files_only`)."""
+        with auto_map_in_files_only(self):
+            return super().save_pretrained(save_directory, *args, **kwargs)
 
     def preprocess(self, images: ImageInput, *args, **kwargs: Unpack[ConvLlavaImageProcessorKwargs]) -> BatchFeature:
         """As in transformers; `size` / `crop_size` set the `resolution` of this call (see `_resolve_size_settings`)."""
@@ -224,20 +186,25 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         return num_visual_tokens(*self.content_size(height, width, resolution, image_aspect_ratio))
 
     def fetch_images(self, image_url_or_urls: ImageInput | str | os.PathLike | bytes | list) -> ImageInput:
-        """Open image files given as paths or bytes (raising `ValueError` for bad ones); URLs as in transformers."""
+        """
+        Open images given as paths, bytes, base64 data or http(s) URLs (see `load_image_source`), raising `ValueError`
+        for bad ones; other inputs pass through.
+        """
         if isinstance(image_url_or_urls, (list, tuple)):
             return [self.fetch_images(item) for item in image_url_or_urls]
-        if isinstance(image_url_or_urls, (bytes, bytearray, os.PathLike)) or (
-            isinstance(image_url_or_urls, str) and os.path.exists(image_url_or_urls)
-        ):
+        if isinstance(image_url_or_urls, (bytes, bytearray, os.PathLike)):
             return open_image(image_url_or_urls)
+        if isinstance(image_url_or_urls, str):
+            return load_image_source(image_url_or_urls)
         return super().fetch_images(image_url_or_urls)
 
     def process_image(self, image: ImageInput, **kwargs) -> PIL.Image.Image:
         """One input image as an upright RGB PIL image, after the mode and size checks."""
         if isinstance(image, PIL.Image.Image):
-            _check_pixel_count(image.height, image.width)
-            return _upright_rgb(image)
+            check_pixel_count(image.height, image.width)
+            return upright_rgb(image)
+        if isinstance(image, torch.Tensor) and image.dtype == torch.bfloat16:
+            image = image.float()  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
         if 0 in np.shape(image):
             raise ValueError(f"Got an empty image array of shape {tuple(np.shape(image))}.")
         if kwargs.get("do_rescale") is False and is_scaled_image(np.asarray(image)):
@@ -248,7 +215,7 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
                 "values stay 255 times too large."
             )
         array = super().process_image(image, **kwargs)  # channels-first RGB
-        _check_pixel_count(*array.shape[-2:])
+        check_pixel_count(*array.shape[-2:])
         return to_pil_image(array, input_data_format=ChannelDimension.FIRST)
 
     @staticmethod

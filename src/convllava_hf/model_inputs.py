@@ -77,11 +77,43 @@ def split_images(pixel_values: ImageInput, image_sizes: torch.Tensor | Sequence 
     return images
 
 
+def check_pixel_dtypes(images: Sequence[torch.Tensor]) -> None:
+    """
+    Refuse integer pixel values (e.g. uint8 0..255 straight from an image): the model takes the processor's
+    normalised floats. A dtype check: free on any device and under `torch.compile`.
+    """
+    dtypes = sorted({str(image.dtype) for image in images if not image.is_floating_point()})
+    if dtypes:
+        raise ValueError(
+            f"pixel_values hold {', '.join(dtypes)} values; the model takes the normalised float pixels that "
+            "ConvLlavaProcessor (or ConvLlavaImageProcessor) makes from images, not raw pixel values."
+        )
+
+
+def check_token_id_dtype(input_ids: torch.Tensor) -> None:
+    """Refuse `input_ids` that are not integer token ids (the embedding lookup would fail with a bare error)."""
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"input_ids must be integer token ids (torch.long), got {input_ids.dtype}; the processor's or the "
+            "tokenizer's input_ids are."
+        )
+
+
+def values_are_readable(tensor: torch.Tensor) -> bool:
+    """
+    Whether a check may read `tensor`'s values: not on the meta device (shapes only, `.item()` is impossible) and not
+    under `torch.compile`, where a check could only add a message-less assertion and a host synchronisation.
+    """
+    return tensor.device.type != "meta" and not torch.compiler.is_compiling()
+
+
 def check_finite_pixels(batch: torch.Tensor, image_indices: Sequence[int]) -> None:
     """
-    Refuse NaN or Inf pixels (one of them makes every logit NaN). `batch` holds the images `image_indices` of the
-    input. A `torch_compilable_check`: a compiler hint under `torch.compile`, a clear `ValueError` in eager mode.
+    Refuse NaN or Inf pixels (one of them makes every logit NaN) with a `ValueError` naming the images. `batch` holds
+    the images `image_indices` of the input. Eager real tensors only: free on the meta device and under compile.
     """
+    if not values_are_readable(batch):
+        return
 
     def message() -> str:
         bad = [index for index, image in zip(image_indices, batch) if not torch.isfinite(image).all()]
@@ -93,8 +125,10 @@ def check_finite_pixels(batch: torch.Tensor, image_indices: Sequence[int]) -> No
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int, image_token_id: int) -> None:
     """
     Refuse ids outside `[0, vocab_size)` with a `ValueError` naming them and the vocabulary size (the embedding lookup
-    would fail with a bare `IndexError`). Reads one boolean on the host.
+    would fail with a bare `IndexError`). Reads one boolean on the host; free on the meta device and under compile.
     """
+    if not values_are_readable(input_ids):
+        return
     in_vocabulary = (input_ids >= 0) & (input_ids < vocab_size)
 
     def message() -> str:

@@ -19,6 +19,8 @@ from .configuration_conv_llava import ConvLlavaConfig
 from .model_inputs import (
     ImageInput,
     check_finite_pixels,
+    check_pixel_dtypes,
+    check_token_id_dtype,
     check_token_ids,
     split_images,
     warn_if_longer_than_positions,
@@ -86,8 +88,9 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
         Encode images of any sizes (multiples of 64 pixels) and project them into the language model's space.
 
         Args:
-            pixel_values: a batch `(B, 3, H, W)`, or a list of `(3, h, w)` tensors of different sizes. NaN or Inf
-                pixels are refused with a `ValueError`.
+            pixel_values: a batch `(B, 3, H, W)`, or a list of `(3, h, w)` tensors of different sizes, of the
+                processor's normalised floats. Integer pixels (raw 0..255) and NaN or Inf are refused with a
+                `ValueError`.
             vision_feature_layer: ConvNeXt output to use (index into stem, stage 1, ..., stage 5); -1 by default.
             vision_feature_select_strategy: only `"full"` (accepted for LLaVA API compatibility).
             image_sizes: `(B, 2)` (height, width) of each image's content in a padded batch; each image is cropped
@@ -114,6 +117,7 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         images = split_images(pixel_values, image_sizes)
+        check_pixel_dtypes(images)
         stride = self.config.vision_stride
         indices_by_size = defaultdict(list)
         for index, image in enumerate(images):
@@ -165,6 +169,7 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
         """
         Mask of the image-token positions. Raises a `ValueError` naming both counts if the number of image tokens
         differs from the number of image features (a `torch_compilable_check`: no host synchronisation under compile).
+        On the meta device, which has no values to count, the mask is returned unchecked.
         """
         if input_ids is None:
             image_embedding = self.get_input_embeddings()(
@@ -173,6 +178,8 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
             special_image_mask = (inputs_embeds == image_embedding).all(-1)
         else:
             special_image_mask = input_ids == self.config.image_token_id
+        if special_image_mask.device.type == "meta":
+            return special_image_mask.unsqueeze(-1)
         num_image_tokens = special_image_mask.sum()
         num_image_features = image_features.shape[0]
         torch_compilable_check(
@@ -193,16 +200,19 @@ class ConvLlavaModel(LanguageModelOnlyQuantizationMixin, ConvLlavaPreTrainedMode
         **kwargs,
     ) -> LlavaModelOutputWithPast | tuple:
         """
-        [`LlavaModel.forward`], after checking the ids: ids outside the vocabulary raise a `ValueError` that names
-        them, and an input longer than `max_position_embeddings` warns once.
+        [`LlavaModel.forward`], after checking the ids: ids that are not integers or lie outside the vocabulary raise
+        a `ValueError` that names them, and an input longer than `max_position_embeddings` warns once.
 
         The ids check costs a host synchronisation, so it runs in eager mode on prompts only: not on the one-token
-        steps that `generate` decodes with a cache (their ids come from the model itself), and not under
-        `torch.compile`, where it could only add a message-less assertion and a synchronisation to the graph.
+        steps that `generate` decodes with a cache (their ids come from the model itself), not under `torch.compile`,
+        where it could only add a message-less assertion and a synchronisation to the graph, and not on the meta
+        device, which has no values.
         """
+        if input_ids is not None:
+            check_token_id_dtype(input_ids)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         decoding_step = input_ids is not None and input_ids.shape[1] == 1 and cache is not None
-        if input_ids is not None and not decoding_step and not torch.compiler.is_compiling():
+        if input_ids is not None and not decoding_step:
             embeddings = self.get_input_embeddings()
             vocab_size = getattr(embeddings, "num_embeddings", self.config.text_config.vocab_size)
             check_token_ids(input_ids, vocab_size, self.config.image_token_id)

@@ -6,8 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from tokenizers import Tokenizer
-from transformers import AddedToken, LlamaTokenizer, TokenizersBackend
+from transformers import AddedToken, LlamaTokenizer
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging
@@ -15,73 +14,11 @@ from transformers.utils import logging
 from .chat_template import VICUNA_V1_CHAT_TEMPLATE
 from .configuration_conv_llava import num_visual_tokens
 from .grounding import post_process_grounding
-from .image_processing_conv_llava import ConvLlavaImageProcessor
+from .image_processing_conv_llava import ConvLlavaImageProcessor, auto_map_in_files_only
 from .stock_layout import STOCK_PROCESSOR_CLASS, from_stock_processor
-
-SPIECE_UNDERLINE = "\u2581"
+from .whole_prompt_tokenizer import original_exact_tokenizer
 
 logger = logging.get_logger(__name__)
-
-
-#: Call defaults set when a tokenizer was created, carried over to its whole-prompt copy.
-CALL_DEFAULTS = ("padding", "max_length", "truncation", "pad_to_multiple_of", "truncation_side")
-
-
-def original_exact_tokenizer(
-    tokenizer: PreTrainedTokenizerBase, image_token: str = "<image>"
-) -> TokenizersBackend | None:
-    """
-    A copy of a sentencepiece-style Llama tokenizer (BPE + Metaspace, no legacy prefixing, e.g. Vicuna's) that
-    tokenises whole prompts, `image_token` included as one token, exactly as the original ConvLLaVA's
-    `tokenizer_image_token` did with the slow `LlamaTokenizer` (`legacy=False`): the prompt split on `image_token`, each
-    piece tokenised with its own dummy prefix. `None` for any other kind of tokenizer.
-
-    So the text at the start and after every `image_token` gets sentencepiece's dummy prefix "▁", even when it starts
-    with a space (`"<image> Hi"` -> `<image>`, "▁", "▁Hi"); text after any other added token (`</s>`, ...) gets none,
-    and nothing gets one right before an added token. This lives in the `tokenizer.json` normalizer (added tokens are
-    matched after it), so engines that tokenise whole prompts with the checkpoint's tokenizer, like vLLM, get the same
-    ids; `image_token * n` encodes to `n` image-token ids.
-    """
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    pre_tokenizer = backend.get("pre_tokenizer") or {}
-    if (
-        backend["model"]["type"] != "BPE"
-        or backend.get("normalizer")
-        or pre_tokenizer.get("type") != "Metaspace"
-        or pre_tokenizer.get("prepend_scheme") != "first"
-    ):
-        return None
-    if image_token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
-        backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    added = "|".join(re.escape(token["content"]) for token in backend["added_tokens"])
-    not_before_added = rf"(?!{added}|\z)"
-    backend["normalizer"] = {
-        "type": "Sequence",
-        "normalizers": [  # spaces as "▁", then the dummy prefixes as zero-width insertions
-            {"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE},
-            {"type": "Replace", "pattern": {"Regex": rf"\A{not_before_added}"}, "content": SPIECE_UNDERLINE},
-            {
-                "type": "Replace",
-                "pattern": {"Regex": rf"(?<={re.escape(image_token)}){not_before_added}"},
-                "content": SPIECE_UNDERLINE,
-            },
-        ],
-    }
-    backend["pre_tokenizer"] = None
-    for token in backend["added_tokens"]:
-        token["normalized"] = True  # matched after the normalizer, which needs to see them
-    return TokenizersBackend(
-        tokenizer_object=Tokenizer.from_str(json.dumps(backend)),
-        bos_token=tokenizer.bos_token,
-        eos_token=tokenizer.eos_token,
-        unk_token=tokenizer.unk_token,
-        pad_token=tokenizer.pad_token,
-        padding_side=tokenizer.padding_side,
-        model_max_length=tokenizer.model_max_length,
-        clean_up_tokenization_spaces=False,
-        **{key: tokenizer.init_kwargs[key] for key in CALL_DEFAULTS if key in tokenizer.init_kwargs},
-    )
 
 
 class ConvLlavaProcessor(ProcessorMixin):
@@ -137,8 +74,9 @@ class ConvLlavaProcessor(ProcessorMixin):
     @classmethod
     def get_processor_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
         """
-        The processor settings as transformers reads them; a stock folder's `LlavaProcessor` settings (`convllava-convert
-        --layout fast_vlm`) are translated, after checking that they reproduce the original pipeline.
+        The processor settings as transformers reads them; a stock folder's `LlavaProcessor` settings
+        (`convllava-convert --layout fast_vlm`) are translated, after checking that they reproduce the original
+        pipeline.
         """
         processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
         if processor_dict.get("processor_class") == STOCK_PROCESSOR_CLASS:
@@ -154,14 +92,32 @@ class ConvLlavaProcessor(ProcessorMixin):
         tokenizer = cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **kwargs)
         return [ConvLlavaImageProcessor(**processor_dict["image_processor"]), tokenizer]
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """As transformers saves; `auto_map` goes into the files only, so `to_dict()` is the same after a reload."""
+        with auto_map_in_files_only(self, self.image_processor):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """The base layout, after refusing `text` that is neither a string nor a list of strings."""
+        """
+        The base layout, after refusing `text` that is neither a string nor a list of strings and `images` that mix
+        single images with rows (lists) of images. An empty list of images (`[]`, or only empty rows) means no images.
+        """
         if text is not None and not (
             isinstance(text, str) or (isinstance(text, (list, tuple)) and all(isinstance(item, str) for item in text))
         ):
             raise ValueError(
                 f"`text` must be a string or a list of strings, got {type(text).__name__}: {str(text)[:80]!r}."
             )
+        if isinstance(images, (list, tuple)):
+            is_row = [isinstance(item, (list, tuple)) for item in images]
+            if any(is_row) and not all(is_row):
+                kinds = ", ".join("row" if row else "image" for row in is_row)
+                raise ValueError(
+                    "`images` must be a flat list of images or a list of rows (one list of images per text), not a "
+                    f"mix of both: got [{kinds}]."
+                )
+            if all(row and not item for row, item in zip(is_row, images)):
+                images = None  # [] or [[], ...]: text-only, as with images=None
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
@@ -174,7 +130,7 @@ class ConvLlavaProcessor(ProcessorMixin):
             return
         if not any(isinstance(row, (list, tuple)) for row in images):
             return
-        rows = [len(row) if isinstance(row, (list, tuple)) else 1 for row in images]
+        rows = [len(row) for row in images]  # all rows: prepare_inputs_layout refuses a mix
         markers = [sample.count(self.image_token) for sample in text]
         if rows != markers:
             raise ValueError(
@@ -251,4 +207,4 @@ class ConvLlavaProcessor(ProcessorMixin):
         return post_process_grounding(texts, image_sizes, mode, clip)
 
 
-__all__ = ["ConvLlavaProcessor", "original_exact_tokenizer"]
+__all__ = ["ConvLlavaProcessor"]

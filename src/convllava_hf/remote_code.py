@@ -36,10 +36,25 @@ def _read_json(path: Path) -> dict:
         raise RemoteCodeError(f"Cannot read {path}: {error}") from error
 
 
+def _file_mode(path: Path) -> int:
+    """The permissions of `path` if it exists, else those a new file gets under the umask (as `save_pretrained`'s)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _write_json(path: Path, content: dict) -> None:
-    """Replace `path` atomically (a temporary sibling moved into place), formatted as transformers writes configs."""
+    """
+    Replace `path` atomically (a temporary sibling moved into place), formatted as transformers writes configs, with
+    the permissions of the file it replaces (not the temporary file's 0600).
+    """
+    mode = _file_mode(path)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as file:
         file.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    os.chmod(file.name, mode)
     os.replace(file.name, path)
 
 

@@ -18,7 +18,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="converted ConvLLaVA folder or Hub id")
     parser.add_argument("--data", type=Path, required=True, help="JSONL of referring expressions")
-    parser.add_argument("--image-folder", type=Path, default=Path("."), help="folder the records' image paths start at")
+    parser.add_argument(
+        "--image-folder", type=Path, help="folder the records' image paths are relative to (default: the data file's)"
+    )
     parser.add_argument("--output", type=Path, help="write one JSON result per sample here (JSONL)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
     parser.add_argument("--batch-size", type=int, default=1, help="samples per generate call (the original used 1)")
@@ -34,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size, --max-new-tokens and --limit must be positive.")
+    if args.image_folder is None:
+        args.image_folder = args.data.parent  # the rule of convllava-train's --image-folder
     return args
 
 

@@ -68,9 +68,10 @@ def convert_checkpoint(
     Convert an original ConvLLaVA checkpoint into `output` (written in a sibling temp folder and moved into place when
     complete). `llm` / `vision` are local folders or Hub ids; `vision` defaults to where the original looks (the
     LLM folder's `vision_tower/`, else the config's `mm_vision_tower`). `dtype` defaults to that of most LLM weights.
-    `layout` `"fast_vlm"` (the default) writes a folder that stock transformers loads (`FastVlmForConditionalGeneration`,
-    `LlavaProcessor`), or refuses naming a setting it cannot express; `"conv_llava"` writes this package's classes and
-    module files (`auto_map`), so that folder also loads with `trust_remote_code=True`.
+    `layout` `"fast_vlm"` (the default) writes a folder that stock transformers loads
+    (`FastVlmForConditionalGeneration`, `LlavaProcessor`), or refuses naming a setting it cannot express;
+    `"conv_llava"` writes this package's classes and module files (`auto_map`), so that folder also loads with
+    `trust_remote_code=True`.
     Tensors are streamed one at a time, so memory stays far below the size of the model. `verify` (e.g.
     `verify_conversion`) runs on the complete folder before it is moved into place: if it raises, nothing is published.
     """
@@ -114,7 +115,7 @@ def convert_checkpoint(
         conversion.config, sources, base_models, conversion.original_vocab_size, conversion.notes, layout
     )
 
-    with staged_output(output, force, check=verify) as staging:
+    with staged_output(output, force, check=verify, size=sum(tensor.nbytes for tensor in planned)) as staging:
         logger.info("Writing %d tensors (%s) to %s", len(planned), out_dtype, output)
         write_safetensors(planned, staging, shard_size)
         llm_weights.close()

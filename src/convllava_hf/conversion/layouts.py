@@ -103,7 +103,10 @@ def _add_identity_layernorm(folder: Path, config: dict) -> None:
         dtype = weights.get_slice(tower_key).get_dtype()
     width = config["vision_config"]["hidden_sizes"][-1]
     torch_dtype = {"F16": torch.float16, "BF16": torch.bfloat16}.get(dtype, torch.float32)
-    tensors = {LAYERNORM_KEYS[0]: torch.ones(width, dtype=torch_dtype), LAYERNORM_KEYS[1]: torch.zeros(width, dtype=torch_dtype)}
+    tensors = {
+        LAYERNORM_KEYS[0]: torch.ones(width, dtype=torch_dtype),
+        LAYERNORM_KEYS[1]: torch.zeros(width, dtype=torch_dtype),
+    }
     (folder / LAYERNORM_FILE).write_bytes(save(tensors, metadata={"format": "pt"}))
     index["weight_map"] = dict(sorted({**index["weight_map"], **dict.fromkeys(tensors, LAYERNORM_FILE)}.items()))
     index["metadata"]["total_size"] += sum(tensor.nbytes for tensor in tensors.values())

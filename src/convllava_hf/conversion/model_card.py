@@ -69,7 +69,8 @@ def benchmark_section(resolution: int, sources: list[str]) -> str:
 def usage_snippet(dtype: str, loader: str = "stock") -> str:
     """
     A copy-paste example: load, chat template, generate. `loader` is `"stock"` (plain transformers, a fast_vlm folder),
-    `"package"` (`import convllava_hf`, either layout) or `"remote_code"` (`trust_remote_code=True`, a conv_llava folder).
+    `"package"` (`import convllava_hf`, either layout) or `"remote_code"` (`trust_remote_code=True`, a conv_llava
+    folder).
     """
     package_import = (
         "\nimport convllava_hf  # registers ConvLLaVA with the Auto classes (pip install convllava-hf)\n"
@@ -139,9 +140,9 @@ on it (`pipeline`, `transformers serve`, vLLM, TRL).
 `backend="pil"` gives the original's pixels exactly. Without it, transformers picks LLaVA's torchvision image
 processor wherever torchvision is installed, whose resizing differs from the original's PIL bicubic by up to 2 grey
 levels. `pipeline("image-text-to-text", model=model_id)` works too; pass it
-`processor=AutoProcessor.from_pretrained(model_id, backend="pil")` for the same pixels. The `convllava-hf` package (`pip install convllava-hf`)
-loads the same folder with its own classes and adds `preserve` mode (any aspect ratio, no padding to a square) and
-batches of images of different sizes:
+`processor=AutoProcessor.from_pretrained(model_id, backend="pil")` for the same pixels. The `convllava-hf` package
+(`pip install convllava-hf`) loads the same folder with its own classes and adds `preserve` mode (any aspect ratio,
+no padding to a square) and batches of images of different sizes:
 
 {package_snippet(dtype)}
 """

@@ -35,7 +35,8 @@ def verify_conversion(folder: Path) -> dict:
         raise ConversionError(f"Reloading {folder} did not match the weights exactly: {problems}")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": VERIFY_QUESTION}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=synthetic_image(model.config.image_resolution), text=prompt, return_tensors="pt")
+    resolution = processor.image_processor.crop_size["height"]
+    inputs = processor(images=synthetic_image(resolution), text=prompt, return_tensors="pt")
     with torch.inference_mode():
         logits = model.eval()(**inputs.to(model.dtype)).logits[0].float()
     if not torch.isfinite(logits).all():

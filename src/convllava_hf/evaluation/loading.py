@@ -3,8 +3,10 @@
 import os
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+from huggingface_hub.errors import HFValidationError
+from transformers import BitsAndBytesConfig
 
+from ..checkpoint_source import check_converted, load_failure
 from ..image_processing_conv_llava import _check_settings
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
 from ..processing_conv_llava import ConvLlavaProcessor
@@ -27,38 +29,33 @@ def load_for_evaluation(
 
     `image_aspect_ratio` and `resolution` override the processor's settings; `load_in_4bit`/`load_in_8bit` quantize
     the language model with bitsandbytes. Raises `ValueError` naming the problem for a missing or non-ConvLLaVA
-    checkpoint and for contradictory settings.
+    checkpoint (with the `convllava-convert` command for an original one) and for contradictory settings.
     """
     _check_settings(64 if resolution is None else resolution, image_aspect_ratio or "pad")  # before the slow load
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
     if load_in_4bit and load_in_8bit:
         raise ValueError("Choose one of load_in_4bit and load_in_8bit, not both.")
+    check_converted(pretrained, "pretrained")
     quantization = None
     if load_in_4bit:
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
     elif load_in_8bit:
         quantization = BitsAndBytesConfig(load_in_8bit=True)
     try:
-        processor = AutoProcessor.from_pretrained(pretrained)
-        model = AutoModelForImageTextToText.from_pretrained(
+        processor = ConvLlavaProcessor.from_pretrained(pretrained)  # either layout (fast_vlm or conv_llava)
+        model = ConvLlavaForConditionalGeneration.from_pretrained(
             pretrained,
             dtype=dtype,
             device_map=device_map,
             attn_implementation=attn_implementation,
             quantization_config=quantization,
         )
-    except OSError as error:
-        where = "no such folder, and as a Hub id: " if not os.path.exists(pretrained) else ""
+    except (OSError, HFValidationError) as error:
         raise ValueError(
-            f"No ConvLLaVA checkpoint could be loaded from {str(pretrained)!r} ({where}{error}). Give a folder "
-            "written by convllava-convert, or the Hub id of one."
+            f"No ConvLLaVA checkpoint could be loaded from {str(pretrained)!r} ({load_failure(pretrained, error)}). "
+            "Give a folder written by convllava-convert, or the Hub id of one."
         ) from error
-    if not isinstance(model, ConvLlavaForConditionalGeneration) or not isinstance(processor, ConvLlavaProcessor):
-        raise ValueError(
-            f"{str(pretrained)!r} holds a {type(model).__name__} with a {type(processor).__name__}, not a ConvLLaVA "
-            "checkpoint (model_type 'conv_llava')."
-        )
     processor.tokenizer.padding_side = "left"
     if resolution is not None:
         processor.image_processor.resolution = resolution

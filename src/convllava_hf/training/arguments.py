@@ -4,6 +4,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import HfArg, string_to_bool
 
@@ -41,7 +42,14 @@ class ConvLlavaArguments:
     vision_trainable_from: int = HfArg(default=3, help="Stage 2: first trainable ConvNeXt stage (1-5).")
     image_aspect_ratio: Literal["pad", "preserve"] | None = HfArg(default=None, help="Override the processor's mode.")
     model_max_length: int | None = HfArg(default=None, help="Max tokens per sample (default: the tokenizer's).")
-    on_broken_record: Literal["skip", "raise"] = HfArg(default="skip", help="Broken records: warn and skip, or raise.")
+    on_broken_record: Literal["skip", "raise"] | None = HfArg(
+        default=None,
+        help="Broken records: warn and skip, or raise. Default: skip, but stop before training when more than 10%% of "
+        "the image records name unreadable image files (a wrong --image-folder); 'skip' skips them all the same.",
+    )
+    allow_images_outside_folder: bool = HfArg(
+        default=False, help="Accept records whose image paths are absolute or lead out of --image-folder with '..'."
+    )
     on_overlong_sample: Literal["drop", "raise"] = HfArg(
         default="drop", help="Samples that truncation would cut through an image: warn and drop, or raise."
     )
@@ -87,7 +95,7 @@ class ConvLlavaTrainingArguments(TrainingArguments):
 
 
 def stage_defaults(stage: int, lora: bool = False) -> dict[str, object]:
-    """`TrainingArguments` defaults of a stage (explicit command-line values still win)."""
+    """`TrainingArguments` defaults of a stage, and `use_cpu` without a GPU (explicit command-line values still win)."""
     preset = STAGE_PRESETS[stage]
     defaults = {
         "learning_rate": LORA_LEARNING_RATE if lora else preset.learning_rate,
@@ -105,6 +113,10 @@ def stage_defaults(stage: int, lora: bool = False) -> dict[str, object]:
         defaults["ddp_find_unused_parameters"] = True
     if lora:
         defaults["projector_lr"] = LORA_PROJECTOR_LEARNING_RATE
+    if not torch.accelerator.is_available():
+        # on a machine without a GPU the Trainer runs on the CPU anyway, but takes --bf16 (CPU autocast) only with
+        # use_cpu ("Your setup doesn't support bf16/gpu" otherwise); the README's GPU commands then run unchanged
+        defaults["use_cpu"] = True
     return defaults
 
 

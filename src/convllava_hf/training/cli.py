@@ -6,17 +6,19 @@ import sys
 
 import torch
 import transformers
+from huggingface_hub.errors import HFValidationError
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
+from ..checkpoint_source import check_converted, load_failure
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
 from ..processing_conv_llava import ConvLlavaProcessor
 from .arguments import ConvLlavaArguments, ConvLlavaTrainingArguments, parse_args
 from .collator import ConvLlavaDataCollator
 from .data import LlavaDataset
 from .initialization import assemble_conv_llava
-from .output_folder import check_output_dir, resolve_resume
+from .output_folder import RunIdentity, check_output_dir, resolve_resume, start_run
 from .stages import STAGE_PRESETS, freeze_for_stage
 from .trainer import PROJECTOR_MODULE_NAME, ConvLlavaTrainer
 
@@ -56,13 +58,17 @@ def load_model(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArgumen
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
         )  # the model quantizes only the language model's decoder layers by default
-    model = ConvLlavaForConditionalGeneration.from_pretrained(
-        args.model,
-        dtype=weights_dtype(args),
-        quantization_config=quantization_config,
-        device_map={"": training_args.device} if quantization_config else None,
-        attn_implementation=args.attn_implementation,
-    )
+    check_converted(args.model)
+    try:
+        model = ConvLlavaForConditionalGeneration.from_pretrained(
+            args.model,
+            dtype=weights_dtype(args),
+            quantization_config=quantization_config,
+            device_map={"": training_args.device} if quantization_config else None,
+            attn_implementation=args.attn_implementation,
+        )
+    except (OSError, HFValidationError) as error:
+        raise ValueError(f"--model {args.model!r} cannot be loaded: {load_failure(args.model, error)}") from error
     if not args.lora:
         freeze_for_stage(model, args.stage, args.vision_trainable_from)
         return model
@@ -106,6 +112,7 @@ def build_trainer(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArgu
         on_broken_record=args.on_broken_record,
         on_overlong_sample=args.on_overlong_sample,
         require_images=args.stage in (1, 2),
+        allow_images_outside_folder=args.allow_images_outside_folder,
     )
     return ConvLlavaTrainer(
         model=model,
@@ -135,6 +142,8 @@ def check_parameter_sharding(trainer: ConvLlavaTrainer) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Train one stage and save a checkpoint folder (model + processor, or a LoRA adapter) in `--output`."""
     args, training_args = parse_args(argv)
+    if not os.path.isfile(args.data):
+        sys.exit(f"convllava-train: --data {args.data}: no such file.")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
@@ -151,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     inputs = {"--model": args.model, "--vision_tower": args.vision_tower, "--processor": args.processor}
     check_output_dir(training_args.output_dir, inputs, training_args.overwrite_output_dir)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    run_id = start_run(training_args.output_dir, resume, write=training_args.should_save)
     trainer = build_trainer(args, training_args)
+    trainer.add_callback(RunIdentity(run_id))
     check_parameter_sharding(trainer)
     distributed = "FSDP" if trainer.is_fsdp_enabled else trainer.accelerator.distributed_type.value
     logger.info("Distributed: %s over %d process(es).", distributed, training_args.world_size)

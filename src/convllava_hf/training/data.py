@@ -10,6 +10,7 @@ alternate, starting with human and ending with gpt, and the `<image>` markers ma
 import json
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 IMAGE_MARKER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+#: Unless `on_broken_record="skip"` is given explicitly, a dataset whose image records are broken in more than this
+#: share (a wrong `--image-folder`, typically) is refused before training.
+MAX_BROKEN_IMAGE_SHARE = 0.1
+#: Kernel pseudo-filesystems: their "regular" files are not images (`/proc/self/status`, `/sys/...`).
+PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"))
 
 
 class BrokenRecordError(ValueError):
@@ -36,6 +42,31 @@ class BrokenRecordError(ValueError):
     def __init__(self, record_id: str, reason: str):
         super().__init__(f"Record {record_id!r}: {reason}")
         self.record_id = record_id
+
+
+class TooManyBrokenImagesError(ValueError):
+    """More than `MAX_BROKEN_IMAGE_SHARE` of the image records name images that cannot be read from the image folder."""
+
+
+def image_path_problem(folder: Path, relative: str, allow_outside: bool = False) -> str | None:
+    """
+    Why `relative` (a record's image path) cannot be read from `folder`, or None. Absolute paths and `..` that
+    leave `folder` are refused unless `allow_outside`; the file must exist and be a regular file (not a device, a
+    FIFO or a kernel pseudo-file), since reading anything else can block or never end.
+    """
+    if not allow_outside and (Path(relative).is_absolute() or os.path.normpath(relative).split(os.sep)[0] == ".."):
+        return f"image path {relative!r} leaves the image folder {str(folder)!r} (pass --allow_images_outside_folder)"
+    path = folder / relative
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"image file {str(path)!r} not found"
+    except OSError as error:
+        return f"image file {str(path)!r} cannot be read: {error.strerror}"
+    resolved = path.resolve()
+    if not stat.S_ISREG(mode) or any(resolved.is_relative_to(pseudo) for pseudo in PSEUDO_FILESYSTEMS):
+        return f"image path {str(path)!r} is not a regular file"
+    return None
 
 
 class OverlongSampleError(BrokenRecordError):
@@ -99,15 +130,29 @@ def parse_record(raw: Any, index: int) -> LlavaRecord:
 
 
 def load_records(path: str | os.PathLike) -> list[Any]:
-    """Raw records of a LLaVA `.json` file (a list) or a `.jsonl` file (one record per line)."""
+    """
+    Raw records of a LLaVA `.json` file (a list) or a `.jsonl` file (one record per line). Invalid JSON raises a
+    `ValueError` naming the file and its line.
+    """
     path = Path(path)
     with path.open(encoding="utf-8") as file:
         if path.suffix == ".jsonl":
-            return [json.loads(line) for line in file if line.strip()]
-        records = json.load(file)
+            return [_json_line(path, number, line) for number, line in enumerate(file, start=1) if line.strip()]
+        try:
+            records = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {error.lineno}: invalid JSON ({error.msg}, column {error.colno}).") from None
     if not isinstance(records, list):
         raise ValueError(f"{path} must hold a JSON list of records, got {type(records).__name__}.")
     return records
+
+
+def _json_line(path: Path, number: int, line: str) -> Any:
+    """The record on line `number` of a `.jsonl` file."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {number}: invalid JSON ({error.msg}, column {error.colno}).") from None
 
 
 def encode_conversation(
@@ -172,12 +217,15 @@ class LlavaDataset(Dataset):
         image_folder: folder the records' image paths are relative to; defaults to the data file's folder.
         model_max_length: truncate samples to this many tokens (after image expansion); `None` keeps them whole.
         on_broken_record: `"skip"` logs a warning naming the record and leaves it out, `"raise"` raises
-            `BrokenRecordError`. Structural problems are found when the dataset is built; missing or unreadable
-            images when the sample is loaded, in which case the next valid sample takes its place.
+            `BrokenRecordError`; `None` (the default) skips like `"skip"`, but raises `TooManyBrokenImagesError`
+            when more than 10% of the image records name missing, outside or non-regular image files. Structural
+            problems and image paths are checked when the dataset is built; undecodable images when the sample is
+            loaded, in which case the next valid sample takes its place.
         on_overlong_sample: `"drop"` (warn and leave out) or `"raise"` for samples that `model_max_length` cannot be
             applied to without cutting through an image's tokens (or every reply).
         require_images: treat text-only records as broken (stages 1 and 2 train only the vision side, which a
             text-only sample gives no gradient).
+        allow_images_outside_folder: accept absolute image paths and `..` leading out of `image_folder`.
     """
 
     def __init__(
@@ -186,11 +234,12 @@ class LlavaDataset(Dataset):
         processor: ConvLlavaProcessor,
         image_folder: str | os.PathLike | None = None,
         model_max_length: int | None = None,
-        on_broken_record: Literal["skip", "raise"] = "skip",
+        on_broken_record: Literal["skip", "raise"] | None = None,
         on_overlong_sample: Literal["drop", "raise"] = "drop",
         require_images: bool = False,
+        allow_images_outside_folder: bool = False,
     ):
-        if on_broken_record not in ("skip", "raise"):
+        if on_broken_record not in ("skip", "raise", None):
             raise ValueError(f"on_broken_record must be 'skip' or 'raise', got {on_broken_record!r}.")
         if on_overlong_sample not in ("drop", "raise"):
             raise ValueError(f"on_overlong_sample must be 'drop' or 'raise', got {on_overlong_sample!r}.")
@@ -199,18 +248,29 @@ class LlavaDataset(Dataset):
         self.processor = processor
         self.image_folder = Path(data_path).parent if image_folder is None else Path(image_folder)
         self.model_max_length = model_max_length
-        self.on_broken_record = on_broken_record
+        self.on_broken_record = on_broken_record or "skip"
         self.on_overlong_sample = on_overlong_sample
+        self.allow_images_outside_folder = allow_images_outside_folder
         self.records: list[LlavaRecord] = []
         self._reported: set[str] = set()
+        image_records, broken_images = 0, []
         for index, raw in enumerate(load_records(data_path)):
             try:
                 record = parse_record(raw, index)
                 if require_images and not record.images:
                     raise BrokenRecordError(record.id, "has no image, so nothing this stage trains would learn from it")
-                self.records.append(record)
+                image_records += bool(record.images)
+                problems = [self._image_problem(path) for path in record.images]
+                if problem := next((problem for problem in problems if problem), None):
+                    broken_images.append((record, problem))
+                else:
+                    self.records.append(record)
             except BrokenRecordError as error:
                 self._report(error)
+        if on_broken_record is None and len(broken_images) > MAX_BROKEN_IMAGE_SHARE * image_records:
+            self._refuse_broken_images(broken_images, image_records, image_folder is None)
+        for record, problem in broken_images:
+            self._report(BrokenRecordError(record.id, problem))
         if not self.records:
             raise ValueError(f"{data_path} holds no valid record.")
 
@@ -235,10 +295,24 @@ class LlavaDataset(Dataset):
             sample = truncate(sample, self.model_max_length, self.processor.image_token_id, record.id)
         return sample
 
+    def _image_problem(self, relative_path: str) -> str | None:
+        return image_path_problem(self.image_folder, relative_path, self.allow_images_outside_folder)
+
+    def _refuse_broken_images(
+        self, broken: list[tuple[LlavaRecord, str]], image_records: int, default_folder: bool
+    ) -> None:
+        record, problem = broken[0]
+        default = " (the data file's folder, as no --image-folder was given)" if default_folder else ""
+        raise TooManyBrokenImagesError(
+            f"{len(broken)} of {image_records} image records cannot be read from the image folder "
+            f"{str(self.image_folder.resolve())!r}{default}, more than {MAX_BROKEN_IMAGE_SHARE:.0%}: e.g. record "
+            f"{record.id!r}: {problem}. Check --image-folder, or pass --on_broken_record skip to train without them."
+        )
+
     def _load_image(self, record_id: str, relative_path: str) -> PIL.Image.Image:
         path = self.image_folder / relative_path
-        if not path.is_file():
-            raise BrokenRecordError(record_id, f"image file {str(path)!r} not found")
+        if problem := self._image_problem(relative_path):
+            raise BrokenRecordError(record_id, problem)
         try:
             return open_image(path)
         except ValueError as error:

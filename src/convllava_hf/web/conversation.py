@@ -5,13 +5,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import PIL.Image
 import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from ..image_processing_conv_llava import open_image
+from ..image_files import open_image, upright_size
 
 
 @dataclass
@@ -61,25 +62,74 @@ def chat_messages(turns: list[Turn]) -> list[dict]:
     return messages
 
 
-def open_images(paths: list[str]) -> list[PIL.Image.Image]:
-    """Decode image files, raising `ValueError` that names the unreadable or oversized one."""
+def _images(turns: list[Turn]) -> list[tuple[str, str]]:
+    """(path, how messages name it) of each image: its place in its message, as the side panel numbers it."""
+    named = []
+    for position, turn in enumerate(turns):
+        earlier = " of an earlier message" if position < len(turns) - 1 else ""
+        named += [(path, f"Image {index}{earlier}") for index, path in enumerate(turn.images, 1)]
+    return named
+
+
+def _file_name(path: str) -> str:
+    """How errors name an upload: its file name, which Gradio keeps in its cache path, not that path."""
+    return repr(Path(path).name)
+
+
+def open_images(turns: list[Turn]) -> list[PIL.Image.Image]:
+    """Decode the conversation's image files, raising `ValueError` that names the unreadable or oversized one."""
     images = []
-    for index, path in enumerate(paths, start=1):
+    for path, label in _images(turns):
         try:
-            images.append(open_image(path))
+            images.append(open_image(path, name=_file_name(path)))
         except ValueError as error:
-            raise ValueError(f"Image {index} cannot be used: {error}") from error
+            raise ValueError(f"{label} cannot be used: {error}") from error
     return images
+
+
+def check_question(text: str, image_token: str) -> None:
+    """Refuse a question holding the image placeholder as text: the processor would count it as one more image."""
+    if image_token in text:
+        raise ValueError(
+            f"The question contains the text {image_token!r}, which the model reserves for the place of an image; "
+            "attach images as files and rephrase the question without it."
+        )
+
+
+def _check_context(prompt_length: int, visual: int, images: int, settings: GenerationSettings, context_length: int):
+    if prompt_length + settings.max_new_tokens > context_length:
+        raise ValueError(
+            f"Too much for the model: {images} image(s) take {visual} visual tokens at {settings.resolution} px "
+            f"in {settings.image_aspect_ratio} mode, the prompt is {prompt_length} tokens, and {prompt_length} + "
+            f"{settings.max_new_tokens} new tokens exceed the model's context of {context_length} tokens. "
+            "Use fewer images, preserve mode, a lower resolution or fewer new tokens, or press Clear."
+        )
 
 
 def prepare_inputs(processor, turns: list[Turn], settings: GenerationSettings, context_length: int):
     """
-    The model inputs of a conversation ending with a user turn. Raises `ValueError` when an image cannot be read
-    or when the prompt leaves no room in `context_length` tokens for `max_new_tokens` new ones.
+    The model inputs of a conversation ending with a user turn. Raises `ValueError` when a question holds the image
+    placeholder, when an image cannot be read, or when the prompt leaves no room in `context_length` tokens for
+    `max_new_tokens` new ones; the context is checked from the images' headers, before any pixel is decoded.
     """
-    paths = [path for turn in turns for path in turn.images]
-    images = open_images(paths)
+    for turn in turns:
+        if turn.role == "user":
+            check_question(turn.text, processor.image_token)
+    sizes = []
+    for path, label in _images(turns):
+        try:
+            sizes.append(upright_size(path, name=_file_name(path)))
+        except ValueError as error:
+            raise ValueError(f"{label} cannot be used: {error}") from error
+    image_processor = processor.image_processor
+    visual = sum(
+        image_processor.num_image_tokens(height, width, settings.resolution, settings.image_aspect_ratio)
+        for height, width in sizes
+    )
     prompt = processor.apply_chat_template(chat_messages(turns), add_generation_prompt=True)
+    text_tokens = len(processor.tokenizer(prompt)["input_ids"]) - len(sizes)  # each <image> is one token
+    _check_context(text_tokens + visual, visual, len(sizes), settings, context_length)
+    images = open_images(turns)
     inputs = processor(
         images=images or None,
         text=prompt,
@@ -87,15 +137,8 @@ def prepare_inputs(processor, turns: list[Turn], settings: GenerationSettings, c
         resolution=settings.resolution,
         image_aspect_ratio=settings.image_aspect_ratio,
     )
-    prompt_length = inputs["input_ids"].shape[1]
-    if prompt_length + settings.max_new_tokens > context_length:
-        visual = int((inputs["input_ids"] == processor.image_token_id).sum())
-        raise ValueError(
-            f"Too much for the model: {len(images)} image(s) take {visual} visual tokens at {settings.resolution} px "
-            f"in {settings.image_aspect_ratio} mode, the prompt is {prompt_length} tokens, and {prompt_length} + "
-            f"{settings.max_new_tokens} new tokens exceed the model's context of {context_length} tokens. "
-            "Use fewer images, preserve mode, a lower resolution or fewer new tokens, or press Clear."
-        )
+    visual = int((inputs["input_ids"] == processor.image_token_id).sum())
+    _check_context(inputs["input_ids"].shape[1], visual, len(images), settings, context_length)
     return inputs
 
 

@@ -4,10 +4,11 @@ from dataclasses import dataclass
 
 import PIL.Image
 import PIL.ImageDraw
-import PIL.ImageOps
 
 from ..configuration_conv_llava import VISION_STRIDE, visual_token_grid
+from ..image_files import upright_rgb
 from ..image_processing_conv_llava import ConvLlavaImageProcessor
+from ..padded_resize import pad_to_square_and_resize
 
 PREVIEW_SIDE = 512  # longest side of a preview picture, in pixels
 GRID_COLOUR = (255, 255, 255, 150)
@@ -31,8 +32,8 @@ class TokenGrid:
 
 
 def upright(image: PIL.Image.Image) -> PIL.Image.Image:
-    """The image as the processor reads it: EXIF orientation applied, RGB."""
-    return PIL.ImageOps.exif_transpose(image).convert("RGB")
+    """The image as the processor reads it: EXIF orientation applied, RGB, 16-bit greyscale mapped to 8 bits."""
+    return upright_rgb(image)
 
 
 def token_grid(
@@ -44,24 +45,28 @@ def token_grid(
 
 
 def grid_preview(
-    image: PIL.Image.Image, image_processor: ConvLlavaImageProcessor, resolution: int, image_aspect_ratio: str
+    image: PIL.Image.Image,
+    image_processor: ConvLlavaImageProcessor,
+    resolution: int,
+    image_aspect_ratio: str,
+    size: tuple[int, int] | None = None,
 ) -> tuple[PIL.Image.Image, TokenGrid]:
     """
     The image as the model sees it (padded with the mean colour in "pad" mode, resized to its content size), with
-    the 64-pixel cell of each visual token outlined, scaled down for display; and its `TokenGrid`.
+    the 64-pixel cell of each visual token outlined, scaled down for display; and its `TokenGrid`. `size` is the
+    upright original's (height, width) when `image` is a reduced copy of it (see `image_files.open_reduced`).
     """
     image = upright(image)
-    grid = token_grid(image_processor, image.height, image.width, resolution, image_aspect_ratio)
-    content = ConvLlavaImageProcessor._resize_to_content(
-        image,
-        grid.rows * VISION_STRIDE,
-        grid.cols * VISION_STRIDE,
-        image_aspect_ratio,
-        image_processor.resample,
-        image_processor.image_mean,
-    )
-    scale = min(1.0, PREVIEW_SIDE / max(content.size))
-    preview = content.resize((round(content.width * scale), round(content.height * scale))).convert("RGBA")
+    grid = token_grid(image_processor, *(size or (image.height, image.width)), resolution, image_aspect_ratio)
+    content_height, content_width = grid.rows * VISION_STRIDE, grid.cols * VISION_STRIDE
+    scale = min(1.0, PREVIEW_SIDE / max(content_height, content_width))
+    width, height = round(content_width * scale), round(content_height * scale)
+    if image_aspect_ratio == "pad":  # the original's mean-colour square, resized straight to the preview's side
+        colour = tuple(int(mean * 255) for mean in image_processor.image_mean)
+        preview = pad_to_square_and_resize(image, width, colour, PIL.Image.Resampling(image_processor.resample))
+    else:
+        preview = image.resize((width, height), resample=image_processor.resample)
+    preview = preview.convert("RGBA")
     overlay = PIL.Image.new("RGBA", preview.size, (0, 0, 0, 0))
     draw = PIL.ImageDraw.Draw(overlay)
     for col in range(grid.cols + 1):
