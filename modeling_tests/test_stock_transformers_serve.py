@@ -17,8 +17,8 @@ import transformers
 pytest.importorskip("fastapi", reason="the transformers[serving] extra is missing; .ci/run runs this in .venv/serve")
 pytest.importorskip("uvicorn", reason="the transformers[serving] extra is missing; .ci/run runs this in .venv/serve")
 
-from local_server import free_port, post_json, stop, wait_until_healthy  # noqa: E402
 from converted_tiny import convert_original_tiny  # noqa: E402
+from local_server import free_port, post_json, stop, wait_until_healthy  # noqa: E402
 from tiny_models import FIXTURE_DIR  # noqa: E402
 
 SERVER_START_TIMEOUT_S = 240

@@ -107,12 +107,30 @@ def test_sft_sequences_start_with_bos_as_in_the_original_training(runs, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_dpo_without_ref_model_builds_an_equal_reference_and_trains(runs, layout):
+def test_dpo_without_ref_model_builds_the_reference_and_trains(runs, layout):
     dpo = trainer_result(runs, layout, "dpo")
     assert dpo["ref_model_class"] == dpo["model_class"]
-    assert dpo["losses"][0] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference before the first update
     assert dpo["losses"][-1] < dpo["losses"][0] and dpo["reward_margins"][-1] > 0
     assert dpo["moved"] == {"language_model": True, "multi_modal_projector": True}
+
+
+STOCK_REFERENCE_DIFFERS = pytest.mark.xfail(
+    strict=True,
+    reason="the stock config declares attention {'': 'eager'}: the policy's language model runs SDPA, TRL's reference, "
+    "rebuilt with the top-level 'eager' for every sub-model, runs eager, and in bf16 (TRL's default) the first loss "
+    "is 0.6877, not ln 2",
+)
+
+
+@pytest.mark.parametrize("layout", [pytest.param("fast_vlm", marks=STOCK_REFERENCE_DIFFERS), "conv_llava"])
+def test_dpo_reference_computes_as_the_policy_before_the_first_update(runs, layout):
+    assert trainer_result(runs, layout, "dpo")["losses"][0] == pytest.approx(math.log(2), abs=1e-6)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dpo_policy_asked_for_eager_attention_has_a_reference_computing_alike(runs, layout):
+    """The README's advice: `model_init_kwargs={"attn_implementation": "eager"}` gives the reference the same model."""
+    assert trainer_result(runs, layout, "dpo_eager")["losses"][0] == pytest.approx(math.log(2), abs=1e-6)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -10,13 +10,8 @@ of 32 instead of 4 heads of 16 (vLLM's CPU attention supports head sizes from 32
 import base64
 import io
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +24,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed; .ci/run runs t
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 from convllava_hf.conversion.convert_convllava import main as convllava_convert  # noqa: E402
+from local_server import free_port, post_json, stop, wait_until_healthy  # noqa: E402
 from test_vllm_install_docs import readme_vllm_serve_command  # noqa: E402
 from tiny_models import FIXTURE_DIR  # noqa: E402
 
@@ -224,46 +220,6 @@ def test_importing_the_package_imports_nothing_from_vllm():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def post_json(url: str, body: dict, timeout: float = 120) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def wait_until_healthy(server: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"vllm serve exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(2)
-    pytest.fail(f"vllm serve was not healthy after {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """SIGTERM the server by its PID, then SIGKILL whatever is left of its process group (its engine core)."""
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=30)
-    try:
-        os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def test_vllm_serve_answers_openai_chat_with_base64_image_equal_to_offline(
     llm, checkpoint, processor, references, tmp_path
 ):
@@ -281,7 +237,7 @@ def test_vllm_serve_answers_openai_chat_with_base64_image_equal_to_offline(
     with log.open("w") as log_file:
         server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until_healthy(server, f"http://127.0.0.1:{port}/health", log)
+        wait_until_healthy(server, f"http://127.0.0.1:{port}/health", log, SERVER_START_TIMEOUT_S)
         buffer = io.BytesIO()
         WIDE.save(buffer, format="PNG")
         image_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

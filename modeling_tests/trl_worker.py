@@ -1,8 +1,9 @@
 """
 Run as a script, trains one ConvLLaVA folder for a few steps with TRL's SFTTrainer (assistant-only loss), DPOTrainer
-(no `ref_model`: TRL builds it) and GRPOTrainer (a toy reward), each on a tiny vision dataset, the model given as its
-path as a TRL user would, and writes what test_trl_trainers.py checks. With `--block-package`, `convllava_hf` cannot be
-imported (a stock `fast_vlm` folder must need none of it); without, the package is imported first (its own layout).
+(no `ref_model`: TRL builds it; once more with eager attention asked for the policy) and GRPOTrainer (a toy reward),
+each on a tiny vision dataset, the model given as its path as a TRL user would, and writes what test_trl_trainers.py
+checks. With `--block-package`, `convllava_hf` cannot be imported (a stock `fast_vlm` folder must need none of it);
+without, the package is imported first (its own layout).
 Usage: `python trl_worker.py FOLDER OUT_JSON [--block-package]`.
 """
 
@@ -94,7 +95,7 @@ def run_sft(folder: str) -> dict:
     }
 
 
-def run_dpo(folder: str) -> dict:
+def run_dpo(folder: str, model_init_kwargs: dict | None = None) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -105,7 +106,10 @@ def run_dpo(folder: str) -> dict:
         "rejected": [[assistant("No idea at all.")] for _ in questions],
         "images": [[image(i)] for i in range(len(questions))],
     })  # fmt: skip
-    config = DPOConfig(**common_args(), max_steps=2, learning_rate=1e-3, per_device_train_batch_size=3)
+    config = DPOConfig(
+        **common_args(), max_steps=2, learning_rate=1e-3, per_device_train_batch_size=3,
+        model_init_kwargs=model_init_kwargs,
+    )  # fmt: skip
     trainer = DPOTrainer(model=folder, args=config, train_dataset=dataset)
     before = snapshot(trainer.model)
     trainer.train()
@@ -132,7 +136,9 @@ def run_grpo(folder: str) -> dict:
     completions_seen: list[str] = []
 
     def reward_length(completions, **kwargs) -> list[float]:
-        texts = [completion[-1]["content"] if isinstance(completion, list) else completion for completion in completions]
+        texts = [
+            completion[-1]["content"] if isinstance(completion, list) else completion for completion in completions
+        ]
         completions_seen.extend(texts)
         return [float(len(text)) for text in texts]
 
@@ -161,7 +167,9 @@ def main() -> None:
         import convllava_hf  # noqa: F401  (registers the conv_llava Auto classes, as a package user has them)
     torch.manual_seed(0)
     results = {}
-    for name, run in (("sft", run_sft), ("dpo", run_dpo), ("grpo", run_grpo)):
+    runs = {"sft": run_sft, "dpo": run_dpo, "grpo": run_grpo}
+    runs["dpo_eager"] = lambda folder: run_dpo(folder, {"attn_implementation": "eager"})  # the README's advice
+    for name, run in runs.items():
         try:
             results[name] = run(folder)
         except Exception as error:  # the test shows the trace and names the trainer
