@@ -1,5 +1,6 @@
 """A --model that is no local folder, or an original (unconverted) ConvLLaVA folder, gets a message saying so."""
 
+import json
 import shlex
 import shutil
 from pathlib import Path
@@ -38,7 +39,8 @@ def expected_command(original: Path) -> str:
 
 def test_the_command_named_for_an_original_folder_converts_it(original):
     assert convllava_convert(shlex.split(expected_command(original))[1:]) == 0
-    assert (original.parent / "ConvLLaVA-tiny-hf" / "model.safetensors").is_file()
+    converted = original.parent / "ConvLLaVA-tiny-hf"
+    assert json.loads((converted / "config.json").read_text())["model_type"] == "fast_vlm"  # the default layout
 
 
 def test_an_original_folder_without_its_vision_tower_gets_the_configs_vision_source():
