@@ -1,7 +1,8 @@
 """
-`AutoTokenizer` on a converted folder in a process where `convllava_hf` cannot be imported and stdin is closed.
-transformers' `AutoTokenizer` reads `config.json` first, and a converted folder's config is custom code, so the
-README's way is `trust_remote_code=True`: silent (no prompt, no model-type warning), with the package's ids.
+`AutoTokenizer` on a converted folder in a process where `convllava_hf` cannot be imported and stdin is closed. A
+folder in the default stock layout loads as it is. transformers' `AutoTokenizer` reads `config.json` first, and a
+`conv_llava` folder's config is custom code, so there the README's way is `trust_remote_code=True`. Both are silent
+(no prompt, no model-type warning), with the package's ids.
 """
 
 import json
@@ -24,19 +25,22 @@ sys.path.insert(0, {str(MODELING_TESTS)!r})
 from remote_code_worker import BlockConvLlavaHf
 sys.meta_path.insert(0, BlockConvLlavaHf())
 from transformers import AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], **json.loads(sys.argv[3]))
 print(json.dumps([type(tokenizer).__name__, tokenizer(sys.argv[2])["input_ids"]]))
 """
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> Path:
-    return convert_original_tiny(tmp_path_factory.mktemp("converted") / "convllava-tiny")
+@pytest.fixture(scope="module", params=["fast_vlm", "conv_llava"])
+def converted(request, tmp_path_factory) -> Path:
+    return convert_original_tiny(tmp_path_factory.mktemp("converted") / "convllava-tiny", layout=request.param)
 
 
-def test_auto_tokenizer_with_trust_remote_code_loads_silently_without_the_package(converted):
+def test_auto_tokenizer_loads_silently_without_the_package(converted):
+    """The stock layout needs nothing; the conv_llava layout needs `trust_remote_code=True`."""
+    stock = json.loads((converted / "config.json").read_text())["model_type"] == "fast_vlm"
+    kwargs = {} if stock else {"trust_remote_code": True}
     finished = subprocess.run(
-        [sys.executable, "-c", WORKER, str(converted), PROMPT],
+        [sys.executable, "-c", WORKER, str(converted), PROMPT, json.dumps(kwargs)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

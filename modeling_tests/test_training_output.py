@@ -96,6 +96,7 @@ def resume_message(caplog) -> str:
 def test_resume_latest_takes_only_checkpoints_of_the_run_last_started_there(workspace, tmp_path, caplog):
     output, saving = tmp_path / "out", ("--save_strategy=steps", "--save_steps=2")
     train(3, workspace["base"], workspace["data"], output, "--max_steps=4", *saving)  # run A: checkpoint-2, -4
+    first_run = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"]
     train(3, workspace["base"], workspace["data"], output, "--max_steps=2", *saving)  # run B, fresh: checkpoint-2
     resume = "--resume_from_checkpoint=latest"
     with caplog.at_level(logging.WARNING):
@@ -103,7 +104,6 @@ def test_resume_latest_takes_only_checkpoints_of_the_run_last_started_there(work
     assert str(output / "checkpoint-2") in resume_message(caplog) and "ignoring checkpoint-4" in resume_message(caplog)
     state = json.loads((output / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
-    first_run = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"]
     resumed_run = json.loads((output / "convllava_run.json").read_text())["run_id"]
     assert state["stateful_callbacks"]["RunIdentity"]["args"]["run_id"] == resumed_run  # run B went on
     assert first_run["RunIdentity"]["args"]["run_id"] != resumed_run
