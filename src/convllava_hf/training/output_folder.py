@@ -95,8 +95,16 @@ def is_complete(checkpoint: Path, step: int) -> bool:
 
 
 def is_training_output(output_dir: Path) -> bool:
-    """Whether `output_dir` holds a (finished or interrupted) Trainer run: a trainer state or checkpoint folders."""
-    return (output_dir / TRAINER_STATE_FILE).is_file() or bool(checkpoints(output_dir))
+    """
+    Whether `output_dir` holds a (finished, interrupted or just started) Trainer run: a trainer state, checkpoint
+    folders or the run record, which the main process may already be writing while other processes check the folder.
+    """
+    return (
+        (output_dir / TRAINER_STATE_FILE).is_file()
+        or (output_dir / RUN_FILE).is_file()
+        or any(path.name.startswith(f".{RUN_FILE}.") for path in output_dir.iterdir())
+        or bool(checkpoints(output_dir))
+    )
 
 
 def check_output_dir(output_dir: str, inputs: dict[str, str | None], overwrite: bool) -> None:
