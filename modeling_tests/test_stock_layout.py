@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
 
 from converted_tiny import convert_original_tiny
 from convllava_hf import ConvLlavaConfig, ConvLlavaForConditionalGeneration, ConvLlavaProcessor
@@ -280,6 +280,20 @@ def test_stock_model_refuses_a_prompt_whose_image_token_count_does_not_match(con
     keep[(~keep).nonzero()[0]] = True  # one image token fewer than the image's 16 features
     with pytest.raises(ValueError, match="Image features and image tokens do not match"), torch.inference_mode():
         model(input_ids=inputs["input_ids"][:, keep], pixel_values=inputs["pixel_values"])
+
+
+def test_llava_classes_refuse_convllava_loudly_rather_than_answer_wrongly(converted):
+    """The README's note for LLaVA users: LLaVA's classes cannot run ConvLLaVA, and say so by failing, not silently."""
+    processor = AutoProcessor.from_pretrained(converted["fast_vlm"])
+    case = SINGLE_CASES[0]
+    inputs = processor(
+        images=Image.open(FIXTURE_DIR / "images" / case["image"]), text=case["prompt"], return_tensors="pt"
+    )
+    llava = LlavaForConditionalGeneration.from_pretrained(converted["fast_vlm"]).eval()
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"), torch.inference_mode():
+        llava(**inputs)
+    with pytest.raises(AttributeError, match="'ConvNextConfig' object has no attribute 'hidden_size'"):
+        LlavaForConditionalGeneration.from_pretrained(converted["conv_llava"])
 
 
 def test_torchvision_backend_differs_from_the_original_so_the_card_pins_pil(converted):
