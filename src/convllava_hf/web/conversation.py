@@ -3,7 +3,7 @@
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,15 +76,20 @@ def _file_name(path: str) -> str:
     return repr(Path(path).name)
 
 
-def open_images(turns: list[Turn]) -> list[PIL.Image.Image]:
-    """Decode the conversation's image files, raising `ValueError` that names the unreadable or oversized one."""
-    images = []
+def _read_images(turns: list[Turn], read: Callable) -> list:
+    """`read(path, name=...)` of each of the conversation's image files; a `ValueError` names the image it is about."""
+    results = []
     for path, label in _images(turns):
         try:
-            images.append(open_image(path, name=_file_name(path)))
+            results.append(read(path, name=_file_name(path)))
         except ValueError as error:
             raise ValueError(f"{label} cannot be used: {error}") from error
-    return images
+    return results
+
+
+def open_images(turns: list[Turn]) -> list[PIL.Image.Image]:
+    """Decode the conversation's image files, raising `ValueError` that names the unreadable or oversized one."""
+    return _read_images(turns, open_image)
 
 
 def check_question(text: str, image_token: str) -> None:
@@ -115,12 +120,7 @@ def prepare_inputs(processor, turns: list[Turn], settings: GenerationSettings, c
     for turn in turns:
         if turn.role == "user":
             check_question(turn.text, processor.image_token)
-    sizes = []
-    for path, label in _images(turns):
-        try:
-            sizes.append(upright_size(path, name=_file_name(path)))
-        except ValueError as error:
-            raise ValueError(f"{label} cannot be used: {error}") from error
+    sizes = _read_images(turns, upright_size)
     image_processor = processor.image_processor
     visual = sum(
         image_processor.num_image_tokens(height, width, settings.resolution, settings.image_aspect_ratio)
