@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save
 from transformers import FastVlmConfig, LlavaImageProcessorPil, LlavaProcessor
 
 from .. import stock_layout
 from ..processing_conv_llava import ConvLlavaProcessor
 from ..remote_code import add_remote_code
+from .checkpoint_reader import CheckpointReader, TensorSpec
 from .errors import ConversionError
 from .model_card import replace_usage_section
 from .safetensors_writer import INDEX_FILE, SINGLE_FILE
@@ -41,9 +41,9 @@ LAYERNORM_KEYS = ("model.vision_tower.layernorm.weight", "model.vision_tower.lay
 #: The single weights file of an unsharded folder, renamed in the stock layout so that the index (which lists the
 #: layernorm file) is what transformers reads: it ignores the index next to a `model.safetensors`.
 RENAMED_SINGLE_FILE = "model-00001-of-00001.safetensors"
-#: The module files `add_remote_code` copies (a conv_llava folder's code); the stock layout needs none.
 #: Tokenizer init kwargs that loading a folder records; they are not settings of the tokenizer.
 LOADING_KWARGS = ("is_local", "local_files_only")
+#: The module files `add_remote_code` copies (a conv_llava folder's code); the stock layout needs none.
 PACKAGE_MODULES = frozenset(path.name for path in Path(stock_layout.__file__).parent.glob("*.py"))
 
 
@@ -72,43 +72,27 @@ def folder_layout(folder: Path) -> str:
     )
 
 
-def _tensor_bytes(path: Path) -> dict[str, int]:
-    """Bytes of each tensor of a safetensors file, from its header."""
-    with open(path, "rb") as file:
-        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
-    header.pop("__metadata__", None)
-    return {key: entry["data_offsets"][1] - entry["data_offsets"][0] for key, entry in header.items()}
-
-
-def _weight_index(folder: Path) -> dict:
-    """The folder's safetensors index, or the one an unsharded folder's single file would have."""
-    if (folder / INDEX_FILE).is_file():
-        return _read_json(folder / INDEX_FILE)
-    if not (folder / SINGLE_FILE).is_file():
-        raise ConversionError(f"{folder} holds neither {SINGLE_FILE} nor {INDEX_FILE}.")
-    sizes = _tensor_bytes(folder / SINGLE_FILE)
-    return {"metadata": {"total_size": sum(sizes.values())}, "weight_map": dict.fromkeys(sizes, SINGLE_FILE)}
+def _stored_bytes(specs: dict[str, TensorSpec]) -> dict[str, int]:
+    """Bytes of each stored tensor."""
+    return {name: torch.Size(spec.shape).numel() * spec.dtype.itemsize for name, spec in specs.items()}
 
 
 def _add_identity_layernorm(folder: Path, config: dict) -> None:
     """Write the tower's final `layernorm` as weight 1, bias 0 (in the tower's dtype) and list it in the index."""
-    index = _weight_index(folder)
-    if any(key in index["weight_map"] for key in LAYERNORM_KEYS):
+    specs = CheckpointReader.from_folder(folder).specs
+    if any(key in specs for key in LAYERNORM_KEYS):
         return  # the folder already carries a final layernorm (e.g. saved by stock transformers)
-    if (folder / SINGLE_FILE).is_file():
+    if (folder / INDEX_FILE).is_file():
+        index = _read_json(folder / INDEX_FILE)
+    else:
         (folder / SINGLE_FILE).rename(folder / RENAMED_SINGLE_FILE)
-        index["weight_map"] = dict.fromkeys(index["weight_map"], RENAMED_SINGLE_FILE)
-    tower_key = next(key for key in index["weight_map"] if key.startswith("model.vision_tower."))
-    with safe_open(folder / index["weight_map"][tower_key], "pt") as weights:
-        dtype = weights.get_slice(tower_key).get_dtype()
+        total_size = sum(_stored_bytes(specs).values())
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict.fromkeys(specs, RENAMED_SINGLE_FILE)}
+    dtype = next(spec.dtype for name, spec in specs.items() if name.startswith("model.vision_tower."))
     width = config["vision_config"]["hidden_sizes"][-1]
-    torch_dtype = {"F16": torch.float16, "BF16": torch.bfloat16}.get(dtype, torch.float32)
-    tensors = {
-        LAYERNORM_KEYS[0]: torch.ones(width, dtype=torch_dtype),
-        LAYERNORM_KEYS[1]: torch.zeros(width, dtype=torch_dtype),
-    }
+    tensors = {LAYERNORM_KEYS[0]: torch.ones(width, dtype=dtype), LAYERNORM_KEYS[1]: torch.zeros(width, dtype=dtype)}
     (folder / LAYERNORM_FILE).write_bytes(save(tensors, metadata={"format": "pt"}))
-    index["weight_map"] = dict(sorted({**index["weight_map"], **dict.fromkeys(tensors, LAYERNORM_FILE)}.items()))
+    index["weight_map"].update(dict.fromkeys(tensors, LAYERNORM_FILE))
     index["metadata"]["total_size"] += sum(tensor.nbytes for tensor in tensors.values())
     _write_json(folder / INDEX_FILE, index)
 
@@ -118,11 +102,10 @@ def _remove_identity_layernorm(folder: Path) -> None:
     if not (folder / LAYERNORM_FILE).is_file():
         return
     index = _read_json(folder / INDEX_FILE)
-    removed = [key for key, file in index["weight_map"].items() if file == LAYERNORM_FILE]
-    sizes = _tensor_bytes(folder / LAYERNORM_FILE)
-    for key in removed:
+    sizes = _stored_bytes(CheckpointReader([folder / LAYERNORM_FILE]).specs)
+    for key in sizes:
         del index["weight_map"][key]
-    index["metadata"]["total_size"] -= sum(sizes[key] for key in removed)
+    index["metadata"]["total_size"] -= sum(sizes.values())
     (folder / LAYERNORM_FILE).unlink()
     if set(index["weight_map"].values()) == {RENAMED_SINGLE_FILE}:
         (folder / RENAMED_SINGLE_FILE).rename(folder / SINGLE_FILE)
