@@ -64,8 +64,11 @@ def to_stock_config(config: dict) -> dict:
     return stock
 
 
-def _resolution_of(config: dict, stride: int) -> int:
-    """The square side a stock config was made for: its stashed `image_resolution`, else from `image_seq_length`."""
+def _resolution_of(config: dict, stride: int = 64) -> int:
+    """
+    The square side a stock config (of a ConvNeXt whose stride is `stride`) was made for: its stashed
+    `image_resolution`, else the one `image_seq_length` gives.
+    """
     seq_length = config.get("image_seq_length")
     resolution = (config.get(STASH_KEY) or {}).get("image_resolution")
     if resolution is None:
@@ -78,8 +81,7 @@ def _resolution_of(config: dict, stride: int) -> int:
     if seq_length is not None and seq_length != (resolution // stride) ** 2:
         raise StockLayoutError(
             f"image_seq_length={seq_length!r} does not match a {resolution}x{resolution} image, which gives "
-            f"{(resolution // stride) ** 2} tokens at the ConvNeXt's stride of {stride} (vision_config.patch_size "
-            f"{vision_stride_description(config['vision_config'])})."
+            f"{(resolution // stride) ** 2} tokens at the ConvNeXt's stride of {stride}."
         )
     return resolution
 
@@ -113,7 +115,7 @@ def from_stock_config(config: dict, where: str = "config.json") -> dict:
     for key, expected in (("vision_feature_layer", -1), ("vision_feature_select_strategy", "full")):
         if config.get(key, expected) != expected:
             raise StockLayoutError(f"{where}: {key}={config[key]!r}; ConvLLaVA's FastVLM layout needs {expected!r}.")
-    resolution = _resolution_of({**config, "vision_config": vision}, 64)
+    resolution = _resolution_of(config)
     dropped = (STASH_KEY, "architectures", "attn_implementation")
     converted = {key: value for key, value in config.items() if key not in dropped}
     converted.update(
