@@ -27,13 +27,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from transformers import ConvNextModel
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from _common import RESULTS_DIR, median_seconds, write_json
 from convllava_hf import ConvLlavaModel
-from convllava_hf.modeling_conv_llava import ConvLlavaMultiModalProjector
-from convllava_hf.vision_tower import ConvLlavaVisionModel
 from cost_model import vision_cost
 from model_shapes import convllava_config
 
@@ -54,16 +52,13 @@ def build(resolution: int, tiny: bool = False) -> tuple[ConvLlavaModel, ConvNext
         model = ConvLlavaModel(config)
         bare = ConvNextModel(config.vision_config)
     torch.manual_seed(0)
-    model.vision_tower = ConvLlavaVisionModel(config.vision_config)
-    model.multi_modal_projector = ConvLlavaMultiModalProjector(config)
+    model.vision_tower = ConvNextModel(config.vision_config)
+    model.multi_modal_projector = LlavaMultiModalProjector(config)
     with torch.no_grad():
         for name, parameter in model.vision_tower.named_parameters():
             if name.endswith("layer_scale_parameter"):
                 parameter.uniform_(0.1, 1.0)
-    missing, unexpected = bare.load_state_dict(model.vision_tower.state_dict(), strict=False, assign=True)
-    if unexpected or any(not key.startswith("layernorm.") for key in missing):
-        raise RuntimeError(f"Tower and ConvNextModel weights differ: missing {missing}, unexpected {unexpected}.")
-    bare.layernorm = nn.LayerNorm(config.vision_config.hidden_sizes[-1], eps=config.vision_config.layer_norm_eps)
+    bare.load_state_dict(model.vision_tower.state_dict(), assign=True)
     return model.eval(), bare.eval()
 
 

@@ -39,7 +39,8 @@ def peak_rss_mib() -> float:
 
 def measure(path: str, resolution: int, mode: str) -> dict:
     """Run in the child process: decode, preprocess, report times and peak RSS."""
-    from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor, open_image
+    from convllava_hf.image_files import open_image
+    from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
 
     processor = ConvLlavaImageProcessor(resolution=resolution, image_aspect_ratio=mode)
     start = time.perf_counter()

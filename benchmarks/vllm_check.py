@@ -27,6 +27,7 @@ from transformers import AutoModelForImageTextToText
 
 from _common import write_json
 from convllava_hf import ConvLlavaConfig, ConvLlavaProcessor
+from convllava_hf.conversion.processor_building import processor_from_original
 from model_shapes import convllava_config
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "modeling_tests" / "fixtures" / "original-tiny"
@@ -40,7 +41,7 @@ def write_checkpoint_folder(folder: Path, tiny: bool) -> Path:
     The tokenizer is the original-tiny fixture's, so `<image>` is id 800 in a 32064-entry vocabulary.
     """
     resolution = TINY_RESOLUTION if tiny else 1536
-    processor = ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", resolution=resolution)
+    processor = processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", resolution=resolution)
     config = convllava_config(1536, tiny)
     config.image_token_index = processor.image_token_id
     config.image_resolution = resolution

@@ -4,7 +4,6 @@ import math
 
 import pytest
 
-from convllava_hf import ConvLlavaProcessor
 from convllava_hf.grounding import (
     box_iou,
     box_to_pixels,
@@ -12,7 +11,6 @@ from convllava_hf.grounding import (
     pixels_to_box_text,
     post_process_grounding,
 )
-from tiny_models import FIXTURE_DIR
 
 # (height, width) of the original images.
 LANDSCAPE = (200, 300)  # padded square 300, content shifted down by (300 - 200) // 2 = 50
@@ -159,20 +157,10 @@ def test_post_process_grounding_maps_each_answer_with_its_own_image():
         post_process_grounding(answers[:2], [LANDSCAPE])
 
 
-@pytest.fixture(scope="module")
-def processor():
-    return ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
-
-
-def test_processor_post_process_grounding_defaults_to_its_image_processors_mode(processor):
+def test_post_process_grounding_maps_each_mode_and_gives_none_without_a_box():
     answers = ["[0.1, 0.2, 0.5, 0.6]", "[0.1, 0.2, 0.5, 0.6"]
-    processor.image_processor.image_aspect_ratio = "pad"
-    pad = processor.post_process_grounding(answers, [LANDSCAPE, LANDSCAPE])
+    pad = post_process_grounding(answers, [LANDSCAPE, LANDSCAPE])
     assert_box(pad[0], (30, 10, 150, 130))
     assert pad[1] is None
-    processor.image_processor.image_aspect_ratio = "preserve"
-    try:
-        assert_box(processor.post_process_grounding(answers[:1], [LANDSCAPE])[0], (30, 40, 150, 120))
-        assert_box(processor.post_process_grounding(answers[:1], [LANDSCAPE], "pad")[0], (30, 10, 150, 130))
-    finally:
-        processor.image_processor.image_aspect_ratio = "pad"
+    assert_box(post_process_grounding(answers[:1], [LANDSCAPE], "preserve")[0], (30, 40, 150, 120))
+    assert_box(post_process_grounding(answers[:1], [LANDSCAPE], "pad")[0], (30, 10, 150, 130))

@@ -307,7 +307,7 @@ def test_settings_that_cannot_be_honoured_raise_naming_resolution_and_image_aspe
 
 
 def test_a_directory_is_named_as_such(tmp_path):
-    from convllava_hf.image_processing_conv_llava import open_image
+    from convllava_hf.image_files import open_image
 
     with pytest.raises(ValueError, match="is a directory, not an image file"):
         open_image(tmp_path)
@@ -334,7 +334,7 @@ def test_image_mean_given_in_a_call_sets_that_calls_pad_colour():
 
 def test_pillow_running_out_of_memory_while_decoding_is_a_clear_error(monkeypatch):
     """Pillow's PNG decoder raises a bare MemoryError on an 89478485x1 PNG (a few hundred bytes)."""
-    from convllava_hf.image_processing_conv_llava import open_image
+    from convllava_hf.image_files import open_image
 
     def load(self):
         raise MemoryError()

@@ -147,6 +147,7 @@ def test_explicit_device_map_splitting_tower_and_decoder_generates_the_same_ids(
         "model.vision_tower.encoder.stages.2": "cpu",
         "model.vision_tower.encoder.stages.3": "disk",
         "model.vision_tower.encoder.stages.4": "cpu",
+        "model.vision_tower.layernorm": "disk",  # ConvNextModel's pooling layernorm, never applied
         "model.multi_modal_projector": "disk",
         "model.language_model.embed_tokens": "cpu",
         "model.language_model.layers.0": "disk",

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
-from convllava_hf import ConvLlavaProcessor
+from convllava_hf.conversion.processor_building import processor_from_original
 from tiny_models import FIXTURE_DIR, tiny_model
 
 LANDSCAPE = PIL.Image.open(FIXTURE_DIR / "images" / "landscape_320x200.png")
@@ -15,9 +15,7 @@ PORTRAIT = PIL.Image.open(FIXTURE_DIR / "images" / "portrait_150x260.png")
 @pytest.fixture(scope="module", params=["pad", "preserve"])
 def saved_model_dir(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    processor = ConvLlavaProcessor.from_original(
-        FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", image_aspect_ratio=request.param
-    )
+    processor = processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", image_aspect_ratio=request.param)
     model = tiny_model()
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(folder)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import subprocess
 
 import PIL.Image
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizer
 
-from convllava_hf.conversion.processor_building import build_processor
+from convllava_hf.conversion.processor_building import build_processor, processor_from_original
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from original_tokenization import (
@@ -32,7 +33,7 @@ from tiny_models import FIXTURE_DIR
 
 @pytest.fixture(scope="module")
 def processor() -> ConvLlavaProcessor:
-    return ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
+    return processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +198,7 @@ def test_unknown_role_is_rejected_by_the_template(processor):
 
 
 def test_preserve_mode_expands_each_image_to_its_own_token_count():
-    processor = ConvLlavaProcessor.from_original(
-        FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", image_aspect_ratio="preserve"
-    )
+    processor = processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", image_aspect_ratio="preserve")
     images = [PIL.Image.open(IMAGES / "landscape_320x200.png"), PIL.Image.open(IMAGES / "portrait_150x260.png")]
     outputs = processor(images=images, text=["<image>\nA", "<image>\nB"], padding=True, return_tensors="pt")
     assert outputs["image_sizes"].tolist() == [[192, 256], [256, 128]]
@@ -250,7 +249,7 @@ def test_from_original_reads_the_resolution_from_crop_size_as_an_int_or_a_dict(t
     vision = shutil.copytree(FIXTURE_DIR / "vision", tmp_path / "vision")
     config = json.loads((vision / "preprocessor_config.json").read_text())
     (vision / "preprocessor_config.json").write_text(json.dumps({**config, "crop_size": crop_size}))
-    processor = ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", vision)
+    processor = processor_from_original(FIXTURE_DIR / "llm", vision)
     assert processor.image_processor.resolution == 192
     outputs = processor(images=PIL.Image.new("RGB", (300, 100)), text="<image>")
     assert outputs["image_sizes"] == [[192, 192]] and outputs["input_ids"][0].count(IMAGE_TOKEN_ID) == 9
@@ -279,7 +278,7 @@ def test_image_token_is_added_after_the_vocabulary_when_the_tokenizer_lacks_it(p
     assert tokenizer.decode([IMAGE_TOKEN_ID, 273], skip_special_tokens=True) == tokenizer.decode([273])
 
 
-def test_a_folder_saved_with_a_plain_llama_tokenizer_still_gives_the_original_ids(
+def test_a_folder_with_a_plain_llama_tokenizer_gives_the_original_ids_once_rewritten(
     processor, original_tokenizer, tmp_path
 ):
     """Folders written before the whole-prompt tokenizer hold Vicuna's `LlamaTokenizer` (legacy=False) plus <image>."""
@@ -290,6 +289,7 @@ def test_a_folder_saved_with_a_plain_llama_tokenizer_still_gives_the_original_id
     old_tokenizer.add_tokens(["<image>"], special_tokens=True)
     old_tokenizer.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "LlamaTokenizer"
+    subprocess.run(["convllava-rewrite-tokenizer", str(tmp_path)], check=True, capture_output=True, timeout=120)
     loaded = AutoProcessor.from_pretrained(tmp_path)
     text = "USER: <image> What?</s>USER: <image>\nAnd? ASSISTANT:"
     images = [PIL.Image.new("RGB", (8, 8))] * 2

@@ -10,6 +10,7 @@ import json
 import pytest
 from transformers import AutoImageProcessor, AutoTokenizer
 
+from convllava_hf.conversion.processor_building import processor_from_original
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from tiny_models import FIXTURE_DIR
@@ -19,7 +20,7 @@ from tiny_models import FIXTURE_DIR
 def tmpdirname(tmp_path_factory):
     """The mixin's setUp: a processor saved to a folder that the components are then loaded from."""
     folder = tmp_path_factory.mktemp("processor")
-    ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision").save_pretrained(folder)
+    processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision").save_pretrained(folder)
     return folder
 
 
@@ -51,7 +52,7 @@ def test_processor_from_and_save_pretrained_as_nested_dict(tmpdirname, tmp_path)
 
 
 def test_a_new_processor_has_the_dict_of_its_reloaded_copy_and_the_files_keep_auto_map(tmp_path):
-    processor = ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
+    processor = processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
     before = processor.to_dict()
     processor.save_pretrained(tmp_path)
     assert processor.to_dict() == before == ConvLlavaProcessor.from_pretrained(tmp_path).to_dict()

@@ -5,8 +5,9 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, LlavaImageProcessorPil, LlavaProcessor
 
+from convllava_hf.conversion.processor_building import processor_from_original
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from original_tokenization import (
     IMAGE_TOKEN_ID,
@@ -28,7 +29,7 @@ PRESERVE_TOKENS = {"landscape_320x200.png": 12, "portrait_150x260.png": 8, "squa
 
 @pytest.fixture(scope="module")
 def processor() -> ConvLlavaProcessor:
-    return ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
+    return processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +63,7 @@ def test_swapping_each_placeholder_for_its_encoded_replacement_gives_the_process
 
 
 def test_text_replacement_offsets_give_each_images_span_before_and_after_expansion():
-    processor = ConvLlavaProcessor.from_original(
-        FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", image_aspect_ratio="preserve"
-    )
+    processor = processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", image_aspect_ratio="preserve")
     names = ["landscape_320x200.png", "portrait_150x260.png", "square_256x256.png"]
     texts = ["USER: <image>\nA", "<image>\n<image>\nB"]
     outputs = processor(
@@ -248,10 +247,28 @@ def test_outputs_are_the_model_input_names(processor):
     assert set(processor.model_input_names) == {"input_ids", "attention_mask", "pixel_values", "image_sizes"}
 
 
-@pytest.mark.parametrize("text, kind", [(123, "int"), ([["pre", "tokenized"]], "list"), (("a", 5), "tuple")])
-def test_text_that_is_not_a_string_gets_a_clear_error(processor, text, kind):
-    with pytest.raises(ValueError, match=f"`text` must be a string or a list of strings, got {kind}"):
-        processor(text=text)
+def stock_twin(processor) -> LlavaProcessor:
+    """transformers' own LlavaProcessor with the same tokenizer, settings and pixels (LLaVA's PIL image processor)."""
+    settings = {
+        key: value for key, value in processor.image_processor.to_dict().items() if key != "image_processor_type"
+    }
+    return LlavaProcessor(
+        LlavaImageProcessorPil(**settings), processor.tokenizer, patch_size=64, vision_feature_select_strategy="full"
+    )
+
+
+@pytest.mark.parametrize(
+    "text, images",
+    [(123, None), ([["pre", "tokenized"]], None), (("a", 5), None), (["<image>A", "<image><image>B"], "mixed")],
+)
+def test_malformed_text_and_image_layouts_get_llava_processors_own_error(processor, text, images):
+    square = image("square_256x256.png")
+    images = [square, [square, square]] if images == "mixed" else None
+    with pytest.raises(Exception) as ours:
+        processor(text=text, images=images, padding=True)
+    with pytest.raises(Exception) as stock:
+        stock_twin(processor)(text=text, images=images, padding=True)
+    assert (type(ours.value), str(ours.value)) == (type(stock.value), str(stock.value))
 
 
 def test_images_nested_per_text_must_match_each_texts_markers(processor):
@@ -278,21 +295,13 @@ def test_batched_chats_with_and_without_images_give_each_original_row(processor)
     assert inputs["image_sizes"] == [[256, 256]]
 
 
-def test_images_mixing_single_images_and_rows_are_refused_naming_the_layout(processor):
-    square = image("square_256x256.png")
-    with pytest.raises(ValueError, match=r"flat list of images or a list of rows .* got \[image, row\]"):
-        processor(images=[square, [square, square]], text=["<image>A", "<image><image>B"], padding=True)
-
-
 @pytest.mark.parametrize("images", [[], [[], []]])
-def test_an_empty_list_of_images_means_text_only(processor, images):
+def test_an_empty_list_of_images_is_handled_as_llava_processor_does(processor, images):
     texts = ["Hi", "Ho"]
-    inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
-    expected = processor(text=texts, padding=True, return_tensors="pt")
-    assert inputs.keys() == expected.keys() == {"input_ids", "attention_mask"}
-    assert torch.equal(inputs["input_ids"], expected["input_ids"])
-    with pytest.raises(ValueError, match="Found 1 <image> tokens in the text but no images were passed"):
-        processor(images=images, text=["<image>Hi", "Ho"], padding=True)
+    ours = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    stock = stock_twin(processor)(images=images, text=texts, padding=True, return_tensors="pt")
+    assert set(ours) == {*stock, "image_sizes"} and torch.equal(ours["input_ids"], stock["input_ids"])
+    assert len(ours["pixel_values"]) == len(ours["image_sizes"]) == len(stock["pixel_values"]) == 0
 
 
 def test_a_bfloat16_image_tensor_gives_the_pixels_of_its_float32_values(processor):

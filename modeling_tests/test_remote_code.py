@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.auto import modeling_auto
 
-from convllava_hf import ConvLlavaConfig, ConvLlavaProcessor
+from convllava_hf import ConvLlavaConfig
 from convllava_hf.configuration_conv_llava import CONVLLAVA_CODE_VERSION
 from convllava_hf.conversion.convert_convllava import convert_checkpoint
 from convllava_hf.conversion.model_card import IMAGE_PLACEHOLDER, MODEL_ID_PLACEHOLDER
+from convllava_hf.conversion.processor_building import processor_from_original
 from convllava_hf.remote_code import main as add_remote_code_main
 from remote_code_worker import run_folder
 from tiny_models import FIXTURE_DIR, tiny_config, tiny_model
@@ -32,17 +33,8 @@ IMAGE_TOKEN_ID = 800  # the converted fixture's <image>, after its 800-token voc
 MODULES = {
     "configuration_conv_llava.py",
     "modeling_conv_llava.py",
-    "vision_tower.py",
-    "padded_resize.py",
-    "model_inputs.py",
-    "quantization.py",
     "image_processing_conv_llava.py",
-    "image_files.py",
     "processing_conv_llava.py",
-    "chat_template.py",
-    "grounding.py",
-    "stock_layout.py",
-    "whole_prompt_tokenizer.py",
 }
 MODEL_MAP = {
     "AutoConfig": "configuration_conv_llava.ConvLlavaConfig",
@@ -92,7 +84,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         str(FIXTURE_DIR / "llm"), root / "converted", str(FIXTURE_DIR / "vision"), layout="conv_llava"
     )
     saved = root / "saved"
-    processor = ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
+    processor = processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
     model = tiny_model()
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(saved)
@@ -116,7 +108,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         "processor-only": root / "processor-only",
         "old": old,
         "stale": stale,
-        "no-vision-tower": copy_without(saved, root / "no-vision-tower", "vision_tower.py"),
+        "no-configuration": copy_without(saved, root / "no-configuration", "configuration_conv_llava.py"),
         "no-modeling": copy_without(saved, root / "no-modeling", "modeling_conv_llava.py"),
     }
 
@@ -136,7 +128,7 @@ LOAD_CASES = [
     ("processor_only", "processor-only", "AutoProcessor", True),
     ("no_trust_model", "converted", "AutoModelForImageTextToText", False),
     ("no_trust_processor", "converted", "AutoProcessor", False),
-    ("missing_vision_tower", "no-vision-tower", "AutoModelForImageTextToText", True),
+    ("missing_configuration", "no-configuration", "AutoModelForImageTextToText", True),
     ("missing_modeling", "no-modeling", "AutoModelForImageTextToText", True),
     ("stale_modules", "stale", "AutoConfig", True),
     ("old_folder", "old", "AutoConfig", True),
@@ -316,7 +308,8 @@ def test_without_trust_remote_code_or_the_package_the_error_asks_for_trust_remot
 
 
 @pytest.mark.parametrize(
-    ("case", "missing"), [("missing_vision_tower", "vision_tower.py"), ("missing_modeling", "modeling_conv_llava.py")]
+    ("case", "missing"),
+    [("missing_configuration", "configuration_conv_llava.py"), ("missing_modeling", "modeling_conv_llava.py")],
 )
 def test_a_missing_module_file_is_named_in_the_error(without_package, case, missing):
     error = without_package[0]["load_cases"][case]

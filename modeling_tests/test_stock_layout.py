@@ -289,11 +289,10 @@ def test_llava_classes_refuse_convllava_loudly_rather_than_answer_wrongly(conver
     inputs = processor(
         images=Image.open(FIXTURE_DIR / "images" / case["image"]), text=case["prompt"], return_tensors="pt"
     )
-    llava = LlavaForConditionalGeneration.from_pretrained(converted["fast_vlm"]).eval()
-    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"), torch.inference_mode():
-        llava(**inputs)
-    with pytest.raises(AttributeError, match="'ConvNextConfig' object has no attribute 'hidden_size'"):
-        LlavaForConditionalGeneration.from_pretrained(converted["conv_llava"])
+    for layout in ("fast_vlm", "conv_llava"):
+        llava = LlavaForConditionalGeneration.from_pretrained(converted[layout]).eval()
+        with pytest.raises(RuntimeError, match="shapes cannot be multiplied"), torch.inference_mode():
+            llava(**inputs)
 
 
 def test_torchvision_backend_differs_from_the_original_so_the_card_pins_pil(converted):

@@ -7,6 +7,7 @@ import PIL.Image
 import pytest
 import torch
 
+from convllava_hf.conversion.processor_building import processor_from_original
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from convllava_hf.training import (
     IGNORE_INDEX,
@@ -26,7 +27,7 @@ EOS = 2
 @pytest.fixture(scope="module")
 def processor() -> ConvLlavaProcessor:
     """The fixture's tokenizer + `<image>`, 256-pixel "pad" mode: 16 image tokens per image."""
-    return ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
+    return processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
 
 
 def human(value: str) -> dict:

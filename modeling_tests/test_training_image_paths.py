@@ -8,6 +8,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
+from convllava_hf.conversion.processor_building import processor_from_original
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from convllava_hf.training.data import LlavaDataset, TooManyBrokenImagesError
 from test_training_stages import build_dataset, save_base_model, train
@@ -18,7 +19,7 @@ QUESTION = [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "val
 
 @pytest.fixture(scope="module")
 def processor() -> ConvLlavaProcessor:
-    return ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
+    return processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision")
 
 
 def write_records(folder: Path, images: list[str], text_only: int = 0) -> Path:

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, ConvNextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, ConvNextConfig, ConvNextModel, LlamaConfig, LlamaForCausalLM
 
 from convllava_hf import ConvLlavaForConditionalGeneration
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from convllava_hf.training import parse_args
 from convllava_hf.training.initialization import assemble_conv_llava
-from convllava_hf.vision_tower import ConvLlavaVisionModel
 from test_training_stages import build_dataset, losses, train
 from tiny_models import FIXTURE_DIR, TINY_TEXT, TINY_VISION
 
@@ -29,7 +28,7 @@ def parts(tmp_path_factory) -> dict[str, Path]:
     LlamaForCausalLM(LlamaConfig(**{**text, "vocab_size": FIXTURE_VOCAB})).save_pretrained(root / "llm")
     AutoTokenizer.from_pretrained(FIXTURE_DIR / "llm").save_pretrained(root / "llm")
     vision = {key: value for key, value in TINY_VISION.items() if key != "model_type"}
-    ConvLlavaVisionModel(ConvNextConfig(**vision)).save_pretrained(root / "vision")
+    ConvNextModel(ConvNextConfig(**vision)).save_pretrained(root / "vision")
     shutil.copy(FIXTURE_DIR / "vision" / "preprocessor_config.json", root / "vision")  # crop_size 256
     return {"llm": root / "llm", "vision": root / "vision", "data": build_dataset(root / "data"), "root": root}
 
@@ -37,7 +36,7 @@ def parts(tmp_path_factory) -> dict[str, Path]:
 def test_assembled_model_keeps_both_pretrained_parts_and_adds_the_image_token(parts):
     model, processor = assemble_conv_llava(parts["llm"], parts["vision"])
     llm = LlamaForCausalLM.from_pretrained(parts["llm"])
-    tower = ConvLlavaVisionModel.from_pretrained(parts["vision"])
+    tower = ConvNextModel.from_pretrained(parts["vision"])
     assert processor.image_token_id == model.config.image_token_id == FIXTURE_VOCAB
     assert model.config.image_resolution == processor.image_processor.resolution == 256
     assert model.get_input_embeddings().weight.shape[0] == model.config.text_config.vocab_size == 832

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from convllava_hf import ConvLlavaForConditionalGeneration
+from convllava_hf.conversion.processor_building import processor_from_original
 from convllava_hf.processing_conv_llava import ConvLlavaProcessor
 from convllava_hf.training import parse_args
 from convllava_hf.training.cli import build_trainer, main
@@ -64,7 +65,7 @@ def save_base_model(folder: Path) -> Path:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
         model.lm_head.weight.copy_(torch.randn(model.lm_head.weight.shape, generator=generator) * 0.3)
     model.save_pretrained(folder)
-    ConvLlavaProcessor.from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision").save_pretrained(folder)
+    processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision").save_pretrained(folder)
     return folder
 
 

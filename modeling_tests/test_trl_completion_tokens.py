@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E40
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
 
 from converted_tiny import convert_original_tiny  # noqa: E402
-from convllava_hf import ConvLlavaProcessor  # noqa: E402
+from convllava_hf.conversion.processor_building import processor_from_original
 from tiny_models import FIXTURE_DIR, TINY_TEXT, tiny_model  # noqa: E402
 
 REFERENCE = json.loads(
@@ -40,7 +40,7 @@ def fixture_setup(tmp_path_factory):
 def llama2_setup(tmp_path_factory):
     """A saved tiny model over the real Llama-2 vocabulary (<image> = 32000), its processor, and the original ids."""
     folder = tmp_path_factory.mktemp("llama2") / "model"
-    processor = ConvLlavaProcessor.from_original(FIXTURE_DIR.parent / "llama2-tokenizer", FIXTURE_DIR / "vision")
+    processor = processor_from_original(FIXTURE_DIR.parent / "llama2-tokenizer", FIXTURE_DIR / "vision")
     model = tiny_model(text_config={**TINY_TEXT, "vocab_size": 32064}, image_token_index=processor.image_token_id)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

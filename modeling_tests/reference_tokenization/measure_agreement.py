@@ -15,11 +15,10 @@ from pathlib import Path
 import PIL.Image
 from transformers import PreTrainedTokenizerFast
 
-from convllava_hf import ConvLlavaProcessor
-
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"
 sys.path.insert(0, str(HERE.parent))
+from convllava_hf.conversion.processor_building import processor_from_original  # noqa: E402
 from original_tokenization import package_ids_of_row  # noqa: E402
 
 
@@ -29,7 +28,7 @@ def expand(ids: list[int], image_token_id: int, count: int) -> list[int]:
 
 def main() -> None:
     rows = json.loads((HERE / "reference_ids.json").read_text(encoding="utf-8"))["llama2"]
-    processor = ConvLlavaProcessor.from_original(FIXTURES / "llama2-tokenizer", FIXTURES / "original-tiny" / "vision")
+    processor = processor_from_original(FIXTURES / "llama2-tokenizer", FIXTURES / "original-tiny" / "vision")
     with tempfile.TemporaryDirectory() as folder:
         processor.save_pretrained(folder)
         saved = PreTrainedTokenizerFast.from_pretrained(folder)

@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import DPOConfig, DPOTrainer
 
 from converted_tiny import convert_original_tiny
-from convllava_hf import ConvLlavaProcessor
+from convllava_hf.conversion.processor_building import processor_from_original
 from tiny_models import FIXTURE_DIR, TINY_TEXT, tiny_model
 
 
@@ -47,7 +47,7 @@ def main(llama2_tokenizer: Path) -> None:
     with tempfile.TemporaryDirectory() as folder:
         fixture = convert_original_tiny(Path(folder) / "fixture")
         llama2 = Path(folder) / "llama2"
-        processor = ConvLlavaProcessor.from_original(llama2_tokenizer, FIXTURE_DIR / "vision")
+        processor = processor_from_original(llama2_tokenizer, FIXTURE_DIR / "vision")
         text_config = {**TINY_TEXT, "vocab_size": 32064}
         tiny_model(text_config=text_config, image_token_index=processor.image_token_id).save_pretrained(llama2)
         processor.save_pretrained(llama2)

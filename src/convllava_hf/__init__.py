@@ -11,7 +11,6 @@ from .modeling_conv_llava import (  # noqa: E402
     ConvLlavaForConditionalGeneration,
     ConvLlavaModel,
     ConvLlavaPreTrainedModel,
-    ConvLlavaVisionModel,
 )
 from .processing_conv_llava import ConvLlavaProcessor  # noqa: E402
 
@@ -24,5 +23,4 @@ __all__ = [
     "ConvLlavaModel",
     "ConvLlavaPreTrainedModel",
     "ConvLlavaProcessor",
-    "ConvLlavaVisionModel",
 ]

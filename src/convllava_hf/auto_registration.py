@@ -10,6 +10,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from . import image_files, padded_resize
 from .configuration_conv_llava import ConvLlavaConfig
 from .image_processing_conv_llava import ConvLlavaImageProcessor
 from .modeling_conv_llava import ConvLlavaForConditionalGeneration, ConvLlavaModel
@@ -28,8 +29,10 @@ def register() -> None:
 
     Every class is also registered for its Auto class as remote code (`register_for_auto_class`): `save_pretrained`
     then copies its module files into the folder and writes `auto_map`, so the folder loads with
-    `trust_remote_code=True` where this package is not installed.
+    `trust_remote_code=True` where this package is not installed. The image processor gets the package's image-file
+    checks and thin-image resizing, which its copied module does without.
     """
+    ConvLlavaImageProcessor.image_files, ConvLlavaImageProcessor.padded_resize = image_files, padded_resize
     AutoConfig.register(ConvLlavaConfig.model_type, ConvLlavaConfig, exist_ok=True)
     AutoModel.register(ConvLlavaConfig, ConvLlavaModel, exist_ok=True)
     for auto_class in GENERATION_AUTO_CLASSES:

@@ -1,12 +1,11 @@
-"""Configuration of ConvLLaVA: a five-stage ConvNeXt vision tower, a 2-layer GELU projector and a causal LM."""
+"""Configuration of ConvLLaVA: LLaVA's, with a five-stage ConvNeXt tower, Vicuna-7B defaults and a resolution."""
 
+import math
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, LlavaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
-
-from .stock_layout import STOCK_MODEL_TYPE, from_stock_config
 
 #: Version of this package's remote-code modules, written into every saved config as `convllava_code_version`. Bump it
 #: when a saved folder needs module files newer than those of earlier versions: older modules then refuse it.
@@ -22,6 +21,10 @@ MODEL_AUTO_MAP = {
 
 #: Total stride of the five-stage ConvNeXt (stem 4, four stride-2 downsamplings): one visual token per 64x64 pixels.
 VISION_STRIDE = 64
+#: transformers' model type of the stock layout (`convllava-convert --layout fast_vlm`), which this config reads.
+STOCK_MODEL_TYPE = "fast_vlm"
+#: Key of a stock config that keeps the settings only this package uses (`image_resolution`).
+STASH_KEY = "convllava_layout"
 
 
 def visual_token_grid(height: int, width: int, stride: int = VISION_STRIDE) -> tuple[int, int]:
@@ -30,7 +33,7 @@ def visual_token_grid(height: int, width: int, stride: int = VISION_STRIDE) -> t
 
 
 def num_visual_tokens(height: int, width: int, stride: int = VISION_STRIDE) -> int:
-    """Visual tokens the model spends on `height` x `width` pixels of image content (its content size on the canvas)."""
+    """Visual tokens the model spends on `height` x `width` pixels of image content."""
     rows, cols = visual_token_grid(height, width, stride)
     return rows * cols
 
@@ -68,41 +71,28 @@ VICUNA_7B = {
 @strict
 class ConvLlavaConfig(LlavaConfig):
     r"""
-    Configuration of a [`ConvLlavaForConditionalGeneration`]. Defaults reproduce the released ConvLLaVA-7B models
-    (ConvNeXt-Large + fifth stage, Vicuna-7B-v1.5) at 1536x1536 pixels, i.e. 24x24 = 576 visual tokens.
+    Configuration of a [`ConvLlavaForConditionalGeneration`]: a [`LlavaConfig`] whose defaults reproduce the released
+    ConvLLaVA-7B models (ConvNeXt-Large + fifth stage, Vicuna-7B-v1.5) at 1536x1536 pixels (576 visual tokens).
 
     Args:
-        vision_config (`ConvNextConfig` or `dict`, *optional*):
-            The five-stage ConvNeXt vision tower. Its final pooling LayerNorm is never built or used.
-        text_config (`PreTrainedConfig` or `dict`, *optional*):
-            Any causal LM config that `AutoModel.from_config` builds. Defaults to a Vicuna-7B-v1.5 shaped Llama.
-        image_token_index (`int`, *optional*, defaults to 32000):
-            Id of the `<image>` placeholder token (also readable as `image_token_id`).
         image_resolution (`int`, *optional*, defaults to 1536):
-            Side of the square the released models were trained on (768, 1024 or 1536); a multiple of 64.
+            Side of the square the model was trained on (768, 1024 or 1536 for the released models); a multiple of 64.
         image_seq_length (`int`, *optional*):
-            Visual tokens of a square `image_resolution` image; derived as `(image_resolution // vision_stride) ** 2`,
-            i.e. `(image_resolution // 64) ** 2` for the last stage.
-        projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
-            Activation between the two projector layers (exact erf GELU, the original's `mlp2x_gelu`).
+            Visual tokens of a square `image_resolution` image, `(image_resolution // vision_stride) ** 2`; derived
+            when not given, refused when it disagrees.
         vision_feature_layer (`int`, *optional*, defaults to -1):
-            Which ConvNeXt output feeds the projector: index into (stem, stage 1, ..., stage 5); -1 is the last stage.
-            [`ConvLlavaProcessor`] expands `<image>` for the last stage (one token per 64x64 pixels); an earlier stage
-            gives more tokens per image, so its prompts need that many image tokens.
-        vision_feature_select_strategy (`str`, *optional*, defaults to `"full"`):
-            Only `"full"`: a ConvNeXt has no CLS token to drop.
-        multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
-            Whether the projector's linear layers have biases.
+            ConvNeXt output that feeds the projector: an index into (stem, stage 1, ..., stage 5).
         convllava_code_version (`int`, *optional*):
-            Version of the ConvLLaVA code that wrote the config (`CONVLLAVA_CODE_VERSION`); a config written by newer
-            code than this module is refused. Always the current version once loaded, so saving records it.
+            Version of the ConvLLaVA code that wrote the config; a config written by newer code is refused.
+
+    The other arguments are [`LlavaConfig`]'s; `vision_config.hidden_size` is set to the width of the selected ConvNeXt
+    output, which LLaVA's projector reads. A stock `fast_vlm` config written by `convllava-convert` loads too.
 
     Example:
 
     ```python
-    >>> from convllava_hf import ConvLlavaConfig, ConvLlavaForConditionalGeneration
-    >>> config = ConvLlavaConfig.for_resolution(768)  # ConvLLaVA-768: 12x12 = 144 visual tokens
-    >>> config.image_seq_length
+    >>> from convllava_hf import ConvLlavaConfig
+    >>> ConvLlavaConfig(image_resolution=768).image_seq_length  # ConvLLaVA-768: 12x12 visual tokens
     144
     ```
     """
@@ -120,10 +110,8 @@ class ConvLlavaConfig(LlavaConfig):
     image_token_index: int = 32000
     image_resolution: int = 1536
     image_seq_length: int | None = None
-    projector_hidden_act: str = "gelu"
     vision_feature_select_strategy: Literal["full"] = "full"
     vision_feature_layer: int = -1
-    multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
     convllava_code_version: int = CONVLLAVA_CODE_VERSION
 
@@ -138,22 +126,28 @@ class ConvLlavaConfig(LlavaConfig):
             )
         self.convllava_code_version = CONVLLAVA_CODE_VERSION
         super().__post_init__(**kwargs)
-        if self.image_seq_length is None:
-            self.validate_architecture()  # the derivation needs a valid vision_feature_layer
+        self.validate_feature_layer()
+        if getattr(self.vision_config, "hidden_size", None) is None:
+            self.vision_config.hidden_size = self.vision_feature_size
+        if self.image_seq_length is None and isinstance(self.image_resolution, int):
             self.image_seq_length = num_visual_tokens(self.image_resolution, self.image_resolution, self.vision_stride)
+        self.check_geometry()
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
         """
-        The config dict as transformers reads it; a stock `fast_vlm` folder's (`convllava-convert --layout fast_vlm`)
-        is translated, so the package's classes load both layouts. Raises naming a field that does not describe
-        ConvLLaVA's geometry.
+        The config dict as transformers reads it. A stock `fast_vlm` folder's differs only in its type and keeps
+        `image_resolution` under `convllava_layout`; any other model type is refused.
         """
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         model_type = config_dict.get("model_type")
-        if model_type == STOCK_MODEL_TYPE:
-            config_dict = from_stock_config(config_dict, f"{pretrained_model_name_or_path}/config.json")
-        elif model_type is not None and model_type != cls.model_type:
+        if model_type == STOCK_MODEL_TYPE and (config_dict.get("vision_config") or {}).get("model_type") == "convnext":
+            stash = config_dict.get(STASH_KEY) or {}
+            seq_length = config_dict.get("image_seq_length") or 0
+            dropped = (STASH_KEY, "architectures", "attn_implementation", "model_type")
+            config_dict = {key: value for key, value in config_dict.items() if key not in dropped}
+            config_dict["image_resolution"] = stash.get("image_resolution", math.isqrt(seq_length) * VISION_STRIDE)
+        elif model_type not in (None, cls.model_type):
             raise ValueError(
                 f"{pretrained_model_name_or_path} holds a model of type {model_type!r}, not a ConvLLaVA checkpoint "
                 f"({cls.model_type!r}, or {STOCK_MODEL_TYPE!r} with a ConvNeXt tower, as convllava-convert writes)."
@@ -161,10 +155,7 @@ class ConvLlavaConfig(LlavaConfig):
         return config_dict, kwargs
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        """
-        Save as transformers does. When `auto_map` already maps one Auto class to `modeling_conv_llava.py` (a model
-        saved with its remote code), every class of `MODEL_AUTO_MAP` is mapped, so the folder loads with each of them.
-        """
+        """As transformers saves; a config saved with remote code maps every class of `MODEL_AUTO_MAP` in `auto_map`."""
         auto_map = getattr(self, "auto_map", None) or {}
         if any(str(reference).startswith("modeling_conv_llava.") for reference in auto_map.values()):
             self.auto_map = {**auto_map, **MODEL_AUTO_MAP}
@@ -187,17 +178,32 @@ class ConvLlavaConfig(LlavaConfig):
         stages_used = range(self.vision_config.num_stages + 1)[self.vision_feature_layer]
         return self.vision_config.patch_size * 2 ** max(stages_used - 1, 0)
 
-    def validate_architecture(self):
-        """Part of `@strict` validation: the settings a ConvNeXt tower can honour."""
-        check_resolution(self.image_resolution, "image_resolution")
+    def validate_feature_layer(self):
+        """Refuse a `vision_feature_layer` that is not one of the ConvNeXt's outputs."""
         num_outputs = self.vision_config.num_stages + 1
-        if (
-            not isinstance(self.vision_feature_layer, int)
-            or not -num_outputs <= self.vision_feature_layer < num_outputs
-        ):
+        layer = self.vision_feature_layer
+        if not isinstance(layer, int) or not -num_outputs <= layer < num_outputs:
             raise ValueError(
                 f"vision_feature_layer must be one int in [{-num_outputs}, {num_outputs - 1}] (stem, then each of the "
-                f"{num_outputs - 1} ConvNeXt stages), got {self.vision_feature_layer!r}."
+                f"{num_outputs - 1} ConvNeXt stages), got {layer!r}."
+            )
+
+    def check_geometry(self):
+        """Raise a `ValueError` naming the field that does not match the geometry of the ConvNeXt tower."""
+        check_resolution(self.image_resolution, "image_resolution")
+        vision = self.vision_config
+        if vision.hidden_size != self.vision_feature_size:
+            raise ValueError(
+                f"vision_config.hidden_size={vision.hidden_size!r} is not the width of the ConvNeXt output the "
+                f"projector reads ({self.vision_feature_size}, vision_config.hidden_sizes at vision_feature_layer)."
+            )
+        expected = num_visual_tokens(self.image_resolution, self.image_resolution, self.vision_stride)
+        if self.image_seq_length != expected:
+            raise ValueError(
+                f"image_seq_length={self.image_seq_length!r} does not match a {self.image_resolution}x"
+                f"{self.image_resolution} image, which gives {expected} tokens at the ConvNeXt's stride of "
+                f"{self.vision_stride} pixels (vision_config.patch_size={vision.patch_size}, "
+                f"num_stages={vision.num_stages}; ConvLLaVA's is 4 x 2^4 = {VISION_STRIDE})."
             )
 
 

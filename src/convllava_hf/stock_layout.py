@@ -106,7 +106,7 @@ def from_stock_config(config: dict, where: str = "config.json") -> dict:
             f"{where}: the ConvNeXt's total stride is {vision_stride_description(vision)}, not ConvLLaVA's 64 "
             "(vision_config.patch_size must be 4 and vision_config.num_stages 5)."
         )
-    width = vision.pop("hidden_size", None)
+    width = vision.get("hidden_size")
     if width is not None and width != vision["hidden_sizes"][-1]:
         raise StockLayoutError(
             f"{where}: vision_config.hidden_size={width!r} is not the last stage's width "

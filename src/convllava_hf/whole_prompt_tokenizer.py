@@ -116,8 +116,8 @@ def original_exact_tokenizer(
             return None
         logger.warning(
             "This tokenizer was saved by an earlier convllava-hf, whose ids could differ from the original ConvLLaVA's "
-            "after spaces and at the start of a text tokenised alone; it is repaired in memory. Save the processor "
-            "again (or convert the checkpoint again) so that engines reading tokenizer.json, like vLLM, get it too."
+            "after spaces and at the start of a text tokenised alone; it is rebuilt. Rewrite the folder's tokenizer "
+            "with `convllava-rewrite-tokenizer FOLDER` (or convert the checkpoint again)."
         )
     elif not _is_sentencepiece_llama(backend):
         return None

@@ -11,7 +11,7 @@ import torch
 from transformers import TextStreamer
 
 from ..configuration_conv_llava import visual_token_grid
-from ..image_processing_conv_llava import open_image
+from ..image_files import open_image
 from .checkpoint import load_checkpoint
 from .demo import build_demo_model_and_processor
 

@@ -2,6 +2,7 @@
 
 from transformers import LlamaTokenizer
 
+from ..chat_template import VICUNA_V1_CHAT_TEMPLATE
 from ..configuration_conv_llava import ConvLlavaConfig
 from ..image_processing_conv_llava import ConvLlavaImageProcessor
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
@@ -22,7 +23,8 @@ def build_demo_model_and_processor(seed: int = 0) -> tuple[ConvLlavaForCondition
     import torch
 
     tokenizer = character_tokenizer()
-    processor = ConvLlavaProcessor(ConvLlavaImageProcessor(resolution=DEMO_RESOLUTION), tokenizer)
+    image_processor = ConvLlavaImageProcessor(resolution=DEMO_RESOLUTION)
+    processor = ConvLlavaProcessor(image_processor, tokenizer, chat_template=VICUNA_V1_CHAT_TEMPLATE)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     config = ConvLlavaConfig(
         vision_config={

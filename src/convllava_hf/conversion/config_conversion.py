@@ -49,7 +49,8 @@ LLAVA_KEYS = frozenset(
 
 CONVNEXT_KEYS = frozenset(ConvNextConfig.__dataclass_fields__) - frozenset(PreTrainedConfig.__dataclass_fields__)
 #: Backbone bookkeeping in v4 ConvNext configs, recomputed by `ConvNextConfig`.
-CONVNEXT_BACKBONE_KEYS = frozenset({"out_features", "out_indices", "stage_names"})
+#: Keys the converter drops: the backbone API's, and `hidden_size` (the width LLaVA reads, derived by the config).
+CONVNEXT_BACKBONE_KEYS = frozenset({"out_features", "out_indices", "stage_names", "hidden_size"})
 
 #: LLM settings without a safe default: a missing one would silently fall back to LlamaConfig's 7B value.
 REQUIRED_LLM_SETTINGS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")

@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import ConvNextConfig
+from transformers import ConvNextConfig, ConvNextModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 from ..configuration_conv_llava import check_resolution
-from ..vision_tower import ConvLlavaVisionModel
 from .checkpoint_reader import CheckpointReader
 from .errors import ConversionError
 from .key_mapping import map_keys
@@ -101,7 +100,7 @@ def load_trunk(reader: CheckpointReader, mapping: dict[str, str]) -> dict[str, t
 
 def build_vision_tower(
     checkpoint: Path | Sequence[Path], stage5_depth: int = 6, stage5_width: int = 3072, seed: int = 0
-) -> ConvLlavaVisionModel:
+) -> ConvNextModel:
     """
     A five-stage vision tower: stem and stages 1-4 from the LAION trunk, stage 5 (`stage5_depth` blocks of width
     `stage5_width`, stride-2 downsampling in front) initialised like any transformers ConvNeXt (seeded by `seed`).
@@ -116,9 +115,9 @@ def build_vision_tower(
         hidden_act="gelu", layer_scale_init_value=1e-6, drop_path_rate=0.0,
     )  # fmt: skip
     torch.manual_seed(seed)
-    tower = ConvLlavaVisionModel(config)
+    tower = ConvNextModel(config)
     missing, unexpected = tower.load_state_dict(load_trunk(reader, mapping), strict=False)
-    not_in_stage5 = [name for name in missing if not name.startswith("encoder.stages.4.")]
+    not_in_stage5 = [name for name in missing if not name.startswith(("encoder.stages.4.", "layernorm."))]
     if not_in_stage5 or unexpected:
         raise ConversionError(f"The trunk does not fill stages 1-4: missing {not_in_stage5}, unexpected {unexpected}.")
     return tower.eval()
@@ -158,8 +157,8 @@ def convert_laion_convnext(
 ) -> Path:  # fmt: skip
     """
     Write a vision-tower folder like the original ConvLLaVA-ConvNeXt-* ones (ConvNext `config.json`,
-    `preprocessor_config.json` of a `CLIPImageProcessor` at `resolution`, float32 `model.safetensors` without the
-    unused final LayerNorm), written in a temp folder and moved into place when complete.
+    `preprocessor_config.json` of a `CLIPImageProcessor` at `resolution`, float32 `model.safetensors` of transformers'
+    `ConvNextModel`, whose pooling LayerNorm ConvLLaVA never applies), written in a temp folder and moved into place when complete.
     """
     check_resolution(resolution, "--resolution", ConversionError)
     output = Path(output)

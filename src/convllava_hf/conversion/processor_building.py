@@ -2,14 +2,36 @@
 
 import json
 import logging
+import os
 from pathlib import Path
 
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LlamaTokenizer
 
+from ..chat_template import VICUNA_V1_CHAT_TEMPLATE
+from ..image_processing_conv_llava import ConvLlavaImageProcessor
 from ..processing_conv_llava import ConvLlavaProcessor
+from ..whole_prompt_tokenizer import original_exact_tokenizer
 from .errors import ConversionError
 
 logger = logging.getLogger(__name__)
+
+
+def processor_from_original(
+    llm_dir: str | os.PathLike, vision_dir: str | os.PathLike, **image_processor_kwargs
+) -> ConvLlavaProcessor:
+    """
+    The processor of an original ConvLLaVA checkpoint: the sentencepiece tokenizer of its LLM folder plus `<image>`,
+    as its whole-prompt copy that gives the original's ids ([`original_exact_tokenizer`]), with left padding; the
+    resolution of its vision-tower folder's `preprocessor_config.json` (`crop_size` as a dict or an int); the Vicuna
+    v1 chat template.
+    """
+    tokenizer = LlamaTokenizer.from_pretrained(llm_dir, padding_side="left")
+    tokenizer = original_exact_tokenizer(tokenizer) or tokenizer
+    if "resolution" not in image_processor_kwargs:
+        crop = json.loads((Path(vision_dir) / "preprocessor_config.json").read_text())["crop_size"]
+        image_processor_kwargs["resolution"] = crop["height"] if isinstance(crop, dict) else crop
+    image_processor = ConvLlavaImageProcessor(**image_processor_kwargs)
+    return ConvLlavaProcessor(image_processor, tokenizer, chat_template=VICUNA_V1_CHAT_TEMPLATE)
 
 
 def build_processor(
@@ -21,7 +43,7 @@ def build_processor(
     preprocessing with `image_processor_kwargs` (see `image_processor_settings`).
     """
     try:
-        processor = ConvLlavaProcessor.from_original(llm_dir, vision_dir, **image_processor_kwargs)
+        processor = processor_from_original(llm_dir, vision_dir, **image_processor_kwargs)
     except (OSError, ValueError) as error:
         raise ConversionError(f"Cannot build the processor from {llm_dir} and {vision_dir}: {error}") from error
     if processor.image_token_id != original_vocab_size:

@@ -1,6 +1,7 @@
 """Which converted tensor comes from which original tensor, checked against the model's own parameter list."""
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable
 
@@ -45,10 +46,18 @@ def output_dtype(llm: CheckpointReader, vision: CheckpointReader, requested: tor
 
 
 def expected_parameters(config: ConvLlavaConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor `ConvLlavaForConditionalGeneration(config)` loads (built on the meta device)."""
+    """
+    Name -> shape of every tensor `ConvLlavaForConditionalGeneration(config)` loads (built on the meta device), but
+    the ConvNeXt's pooling `layernorm`, which ConvLLaVA never applies and the original checkpoints lack.
+    """
     with torch.device("meta"):
         model = ConvLlavaForConditionalGeneration(config)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    ignored = tuple(model._keys_to_ignore_on_load_missing)
+    return {
+        name: tuple(tensor.shape)
+        for name, tensor in model.state_dict().items()
+        if not any(re.search(pattern, name) for pattern in ignored)
+    }
 
 
 def _loader(

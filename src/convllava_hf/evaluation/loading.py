@@ -7,7 +7,7 @@ from huggingface_hub.errors import HFValidationError
 from transformers import BitsAndBytesConfig
 
 from ..checkpoint_source import check_converted, load_failure
-from ..image_processing_conv_llava import _check_settings
+from ..image_processing_conv_llava import check_settings
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
 from ..processing_conv_llava import ConvLlavaProcessor
 
@@ -31,7 +31,7 @@ def load_for_evaluation(
     the language model with bitsandbytes. Raises `ValueError` naming the problem for a missing or non-ConvLLaVA
     checkpoint (with the `convllava-convert` command for an original one) and for contradictory settings.
     """
-    _check_settings(64 if resolution is None else resolution, image_aspect_ratio or "pad")  # before the slow load
+    check_settings(64 if resolution is None else resolution, image_aspect_ratio or "pad")  # before the slow load
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
     if load_in_4bit and load_in_8bit:

@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 from ..grounding import REFERRING_EXPRESSION_PROMPT, box_iou, box_to_pixels
-from ..image_processing_conv_llava import open_image
+from ..image_files import open_image
 
 IOU_THRESHOLD = 0.5
 REQUIRED_KEYS = ("image", "sent", "bbox", "width", "height")

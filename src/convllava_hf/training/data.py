@@ -20,7 +20,7 @@ import PIL.Image
 import torch
 from torch.utils.data import Dataset
 
-from ..image_processing_conv_llava import open_image
+from ..image_files import open_image
 from ..processing_conv_llava import ConvLlavaProcessor
 
 logger = logging.getLogger(__name__)

@@ -3,13 +3,14 @@
 import os
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, ConvNextModel
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from ..configuration_conv_llava import ConvLlavaConfig
-from ..embedding_padding import EMBEDDING_MULTIPLE, pad_rows_with_mean
-from ..modeling_conv_llava import ConvLlavaForConditionalGeneration, ConvLlavaMultiModalProjector
+from ..conversion.processor_building import processor_from_original
 from ..processing_conv_llava import ConvLlavaProcessor
-from ..vision_tower import ConvLlavaVisionModel
+from ..embedding_padding import EMBEDDING_MULTIPLE, pad_rows_with_mean
+from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
 
 
 def assemble_conv_llava(
@@ -32,7 +33,7 @@ def assemble_conv_llava(
     Returns:
         The model and its processor (tokenizer + `<image>`, "pad" image processor at the tower's resolution).
     """
-    processor = ConvLlavaProcessor.from_original(language_model, vision_tower)
+    processor = processor_from_original(language_model, vision_tower)
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
@@ -42,7 +43,7 @@ def assemble_conv_llava(
     with torch.no_grad():  # new rows = the mean row, like the converter
         for embedding in {llm.get_input_embeddings().weight, llm.get_output_embeddings().weight}:
             embedding.copy_(pad_rows_with_mean(embedding[:original_rows], embedding.shape[0]))
-    tower = ConvLlavaVisionModel.from_pretrained(vision_tower, dtype=dtype)
+    tower = ConvNextModel.from_pretrained(vision_tower, dtype=dtype)
     config = ConvLlavaConfig(
         vision_config=tower.config.to_dict(),
         text_config=llm.config.to_dict(),
@@ -54,7 +55,7 @@ def assemble_conv_llava(
     model.model.vision_tower = tower
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
-    model.model.multi_modal_projector = ConvLlavaMultiModalProjector(config).to(llm.dtype)
+    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(llm.dtype)
     model.generation_config = llm.generation_config
     if meta := [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]:
         raise RuntimeError(f"Parameters left uninitialised while assembling ConvLLaVA: {meta}.")

@@ -3,6 +3,7 @@
 import PIL.Image
 import PIL.ImageDraw
 
+from ..grounding import post_process_grounding
 from .token_grid import upright
 
 BOX_COLOUR = (255, 40, 40)
@@ -20,11 +21,11 @@ def grounding_picture(
     processor, answer: str, image: PIL.Image.Image, image_aspect_ratio: str, max_side: int = 1024
 ) -> PIL.Image.Image | None:
     """
-    The image with the answer's box (mapped by `processor.post_process_grounding`), scaled down to at most
+    The image with the answer's box (mapped by `post_process_grounding`), scaled down to at most
     `max_side` pixels; None when the answer holds no box.
     """
     image = upright(image)
-    (box,) = processor.post_process_grounding([answer], [(image.height, image.width)], image_aspect_ratio)
+    (box,) = post_process_grounding([answer], [(image.height, image.width)], image_aspect_ratio)
     if box is None:
         return None
     picture = draw_box(image, box)
