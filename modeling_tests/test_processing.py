@@ -207,6 +207,19 @@ def test_preserve_mode_expands_each_image_to_its_own_token_count():
     assert processor._get_num_multimodal_tokens(image_sizes=[[200, 320], [260, 150]]).num_image_tokens == [12, 8]
 
 
+def test_preserve_mode_counts_the_tokens_of_a_side_half_way_between_multiples_of_64_rounded_up():
+    # at 768, 1000x375 scales to 768x288 and 625x1000 to 480x768; 288 = 4.5 * 64 and 480 = 7.5 * 64 round up to 5
+    # and 8 units (floor: 4 and 7; round-half-even: 4 and 8), so 12 * 5 = 60 and 8 * 12 = 96 image tokens
+    processor = ConvLlavaProcessor.from_original(
+        FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", resolution=768, image_aspect_ratio="preserve"
+    )
+    images = [PIL.Image.new("RGB", (1000, 375), (200, 30, 90)), PIL.Image.new("RGB", (625, 1000), (10, 250, 40))]
+    outputs = processor(images=images, text=["<image>\nA", "<image>\nB"], padding=True, return_tensors="pt")
+    assert outputs["image_sizes"].tolist() == [[320, 768], [768, 512]]
+    assert (outputs["input_ids"] == IMAGE_TOKEN_ID).sum(-1).tolist() == [60, 96]
+    assert processor._get_num_multimodal_tokens(image_sizes=[[375, 1000], [1000, 625]]).num_image_tokens == [60, 96]
+
+
 def test_num_multimodal_tokens_hook_follows_the_settings(processor):
     assert processor._get_num_multimodal_tokens(image_sizes=[[200, 320], [5000, 1]]).num_image_tokens == [16, 16]
     data = processor._get_num_multimodal_tokens(
