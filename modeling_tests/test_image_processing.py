@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, LlavaImageProcessorPil
 from transformers.image_processing_utils import SizeDict
 
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
@@ -69,12 +69,14 @@ def test_paths_bytes_numpy_and_torch_inputs_match_pil():
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "1", "CMYK", "I;16"])
 def test_every_image_mode_becomes_three_channels(mode):
     image = gradient_image(40, 30).convert("L" if mode == "I;16" else mode)
+    rgb = image.convert("RGB")  # PIL's own conversion (alpha dropped); for I;16, of the 8-bit levels it came from
     if mode == "I;16":
         image = PIL.Image.fromarray(np.asarray(image).astype(np.uint16) * 257)
         assert image.mode == "I;16"
     outputs = ConvLlavaImageProcessor(resolution=64)(image, return_tensors="pt")
-    assert outputs["pixel_values"].shape == (1, 3, 64, 64)
-    assert torch.isfinite(outputs["pixel_values"]).all()
+    # reference: stock transformers' LLaVA processor (mean-colour square, bicubic, CLIP statistics) on that RGB image
+    stock = LlavaImageProcessorPil(do_pad=True, size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    assert torch.equal(outputs["pixel_values"], stock(rgb, return_tensors="pt")["pixel_values"])
 
 
 def test_sixteen_bit_greyscale_maps_to_the_same_8_bit_levels():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizer
 
 from convllava_hf.conversion.processor_building import build_processor
@@ -117,7 +118,11 @@ def test_batch_is_left_padded_by_default_and_each_row_matches_the_original(proce
         padding = max(lengths) - length
         assert attention_mask.tolist() == [0] * padding + [1] * length
         assert input_ids.tolist() == [0] * padding + expanded(row["input_ids"])
-    assert outputs["pixel_values"].shape == (2, 3, 256, 256)
+    # the original's pixels of each row's image, stored with the single-image case that uses the same file
+    case_of_image = {case["image"]: case["name"] for case in CASES if case.get("image")}
+    reference = load_file(FIXTURE_DIR / "reference" / "reference.safetensors")
+    expected = torch.cat([reference[f"{case_of_image[row['image']]}.pixel_values"] for row in rows])
+    assert torch.equal(outputs["pixel_values"], expected)
 
 
 FRAGMENTS = [
