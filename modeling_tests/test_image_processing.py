@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, LlavaImageProcessorPil
 from transformers.image_processing_utils import SizeDict
 
 from convllava_hf.image_processing_conv_llava import ConvLlavaImageProcessor
@@ -69,12 +69,14 @@ def test_paths_bytes_numpy_and_torch_inputs_match_pil():
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "1", "CMYK", "I;16"])
 def test_every_image_mode_becomes_three_channels(mode):
     image = gradient_image(40, 30).convert("L" if mode == "I;16" else mode)
+    rgb = image.convert("RGB")  # PIL's own conversion (alpha dropped); for I;16, of the 8-bit levels it came from
     if mode == "I;16":
         image = PIL.Image.fromarray(np.asarray(image).astype(np.uint16) * 257)
         assert image.mode == "I;16"
     outputs = ConvLlavaImageProcessor(resolution=64)(image, return_tensors="pt")
-    assert outputs["pixel_values"].shape == (1, 3, 64, 64)
-    assert torch.isfinite(outputs["pixel_values"]).all()
+    # reference: stock transformers' LLaVA processor (mean-colour square, bicubic, CLIP statistics) on that RGB image
+    stock = LlavaImageProcessorPil(do_pad=True, size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    assert torch.equal(outputs["pixel_values"], stock(rgb, return_tensors="pt")["pixel_values"])
 
 
 def test_sixteen_bit_greyscale_maps_to_the_same_8_bit_levels():
@@ -138,6 +140,35 @@ def test_issue_example_3000x1000_photo():
     assert processor.num_image_tokens(1000, 3000) == 192
     assert processor.num_image_tokens(1000, 3000, image_aspect_ratio="pad") == 576
     assert ConvLlavaImageProcessor().num_image_tokens(1000, 3000) == 576
+
+
+# Resolution 768, longer side 1000: a shorter side s scales to s * 768 / 1000 px, for these exactly k * 64 + 32, half
+# way between two multiples of 64. Rounded halves up that is (k + 1) * 64; floor gives k * 64 on all four and
+# round-half-even (Python's round) gives k * 64 on the even k (375, 875), so each of those rules fails here.
+EXACT_HALVES = [(125, 1, 128), (375, 4, 320), (625, 7, 512), (875, 10, 704)]  # (shorter side, k, content side)
+
+
+@pytest.mark.parametrize(("short", "k", "content"), EXACT_HALVES)
+def test_preserve_mode_rounds_a_side_half_way_between_multiples_of_64_up(short, k, content):
+    assert short * 768 == (64 * k + 32) * 1000 and content == 64 * (k + 1)  # the premise, in integers
+    processor = ConvLlavaImageProcessor(resolution=768, image_aspect_ratio="preserve")
+    assert processor.content_size(short, 1000) == (content, 768)
+    assert processor.content_size(1000, short) == (768, content)
+    assert processor.num_image_tokens(short, 1000) == processor.num_image_tokens(1000, short) == (k + 1) * 12
+
+
+@pytest.mark.parametrize(("width", "height", "content"), [(1000, 375, (320, 768)), (625, 1000, (768, 512))])
+def test_preserve_mode_resizes_an_exact_half_image_to_the_rounded_up_content_size(width, height, content):
+    image = gradient_image(width, height)
+    outputs = ConvLlavaImageProcessor(resolution=768, image_aspect_ratio="preserve")(image, return_tensors="pt")
+    assert outputs["image_sizes"].tolist() == [list(content)]
+    rows, columns = content
+    resized = np.asarray(image.resize((columns, rows), PIL.Image.Resampling.BICUBIC)) / 255.0
+    expected = torch.from_numpy(((resized - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)).float()
+    pixel_values = outputs["pixel_values"][0]
+    torch.testing.assert_close(pixel_values[:, :rows, :columns], expected, atol=1e-6, rtol=0)
+    assert pixel_values.shape == (3, 768, 768)
+    assert not pixel_values[:, rows:].any() and not pixel_values[:, :, columns:].any()  # zero padding below and right
 
 
 @settings(max_examples=400, deadline=None)

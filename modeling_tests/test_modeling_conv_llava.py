@@ -22,6 +22,30 @@ def full_size_token_grid(height: int, width: int) -> tuple[int, ...]:
         return tuple(tower(torch.empty(1, 3, height, width)).last_hidden_state.shape)
 
 
+def stock_image_features(model: ConvLlavaForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
+    """
+    Image 0's features by hand from the model's weights: transformers' ConvNextModel output `vision_feature_layer`
+    (stem, stage 1, ..., stage 5), flattened row-major, then Linear, exact GELU, Linear (the original's mlp2x_gelu).
+    """
+    state = model.state_dict()
+    tower = ConvNextModel(model.config.vision_config).eval()
+    prefix = "model.vision_tower."
+    tower.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=False)
+    with torch.no_grad():
+        feature_map = tower(pixels, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][0]
+        features = feature_map.flatten(1).T
+        hidden = torch.nn.functional.linear(
+            features,
+            state["model.multi_modal_projector.linear_1.weight"],
+            state["model.multi_modal_projector.linear_1.bias"],
+        )
+        return torch.nn.functional.linear(
+            torch.nn.functional.gelu(hidden),
+            state["model.multi_modal_projector.linear_2.weight"],
+            state["model.multi_modal_projector.linear_2.bias"],
+        )
+
+
 @pytest.mark.parametrize(("resolution", "tokens"), [(768, 144), (1024, 256), (1536, 576)])
 def test_released_resolutions_give_144_256_576_visual_tokens(resolution, tokens):
     config = ConvLlavaConfig.for_resolution(resolution)
@@ -80,9 +104,11 @@ def test_image_features_are_last_stage_map_flattened_row_major_then_projected():
 def test_earlier_vision_feature_layer_selects_that_stage_with_its_width():
     model = tiny_model(vision_feature_layer=-2)  # stage 4: width 48, stride 32
     assert model.model.multi_modal_projector.linear_1.in_features == 48
+    pixels = torch.randn(1, 3, 256, 128)
     with torch.no_grad():
-        features = model.get_image_features(pixel_values=torch.randn(1, 3, 256, 128)).pooler_output
+        features = model.get_image_features(pixel_values=pixels).pooler_output
     assert features[0].shape == (8 * 4, 64)
+    torch.testing.assert_close(features[0], stock_image_features(model, pixels), rtol=0, atol=0)
 
 
 def test_mixed_size_images_give_the_same_features_as_each_image_alone():
@@ -239,9 +265,11 @@ def test_forward_with_output_hidden_states_returns_the_tower_hidden_states_too()
 def test_image_seq_length_follows_the_stride_of_vision_feature_layer(vision_feature_layer, tokens):
     model = tiny_model(vision_feature_layer=vision_feature_layer)
     assert model.config.image_seq_length == tokens
+    pixels = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
-        features = model.get_image_features(pixel_values=torch.randn(1, 3, 256, 256)).pooler_output
+        features = model.get_image_features(pixel_values=pixels).pooler_output
     assert features[0].shape[0] == tokens
+    torch.testing.assert_close(features[0], stock_image_features(model, pixels), rtol=0, atol=0)
 
 
 def test_released_config_with_vision_feature_layer_minus_2_has_48x48_tokens():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizer
 
 from convllava_hf.conversion.processor_building import build_processor, processor_from_original
@@ -118,7 +119,11 @@ def test_batch_is_left_padded_by_default_and_each_row_matches_the_original(proce
         padding = max(lengths) - length
         assert attention_mask.tolist() == [0] * padding + [1] * length
         assert input_ids.tolist() == [0] * padding + expanded(row["input_ids"])
-    assert outputs["pixel_values"].shape == (2, 3, 256, 256)
+    # the original's pixels of each row's image, stored with the single-image case that uses the same file
+    case_of_image = {case["image"]: case["name"] for case in CASES if case.get("image")}
+    reference = load_file(FIXTURE_DIR / "reference" / "reference.safetensors")
+    expected = torch.cat([reference[f"{case_of_image[row['image']]}.pixel_values"] for row in rows])
+    assert torch.equal(outputs["pixel_values"], expected)
 
 
 FRAGMENTS = [
@@ -204,6 +209,19 @@ def test_preserve_mode_expands_each_image_to_its_own_token_count():
     assert outputs["image_sizes"].tolist() == [[192, 256], [256, 128]]
     assert (outputs["input_ids"] == IMAGE_TOKEN_ID).sum(-1).tolist() == [12, 8]
     assert processor._get_num_multimodal_tokens(image_sizes=[[200, 320], [260, 150]]).num_image_tokens == [12, 8]
+
+
+def test_preserve_mode_counts_the_tokens_of_a_side_half_way_between_multiples_of_64_rounded_up():
+    # at 768, 1000x375 scales to 768x288 and 625x1000 to 480x768; 288 = 4.5 * 64 and 480 = 7.5 * 64 round up to 5
+    # and 8 units (floor: 4 and 7; round-half-even: 4 and 8), so 12 * 5 = 60 and 8 * 12 = 96 image tokens
+    processor = ConvLlavaProcessor.from_original(
+        FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", resolution=768, image_aspect_ratio="preserve"
+    )
+    images = [PIL.Image.new("RGB", (1000, 375), (200, 30, 90)), PIL.Image.new("RGB", (625, 1000), (10, 250, 40))]
+    outputs = processor(images=images, text=["<image>\nA", "<image>\nB"], padding=True, return_tensors="pt")
+    assert outputs["image_sizes"].tolist() == [[320, 768], [768, 512]]
+    assert (outputs["input_ids"] == IMAGE_TOKEN_ID).sum(-1).tolist() == [60, 96]
+    assert processor._get_num_multimodal_tokens(image_sizes=[[375, 1000], [1000, 625]]).num_image_tokens == [60, 96]
 
 
 def test_num_multimodal_tokens_hook_follows_the_settings(processor):

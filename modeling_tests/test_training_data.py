@@ -234,8 +234,10 @@ def test_invalid_json_names_the_file_and_its_real_line(processor, tmp_path, name
 def test_collator_pads_to_the_longest_sample_and_gathers_every_image():
     def feature(length: int, images: list[tuple[int, int]]) -> dict:
         sample = {"input_ids": torch.arange(3, 3 + length), "labels": torch.arange(3, 3 + length)}
-        if images:
-            sample["pixel_values"] = torch.ones(len(images), 3, 128, 128)
+        if images:  # each image filled with its own value: length + index
+            sample["pixel_values"] = torch.stack(
+                [torch.full((3, 128, 128), float(length + i)) for i in range(len(images))]
+            )
             sample["image_sizes"] = torch.tensor(images)
         return sample
 
@@ -245,7 +247,9 @@ def test_collator_pads_to_the_longest_sample_and_gathers_every_image():
     assert batch["input_ids"][0].tolist() == [3, 4, 5, 6, 7, 0, 0, 0]
     assert batch["labels"][2].tolist() == [3, 4, 5] + [IGNORE_INDEX] * 5
     assert batch["attention_mask"].sum(1).tolist() == [5, 8, 3]
-    assert batch["pixel_values"].shape == (3, 3, 128, 128)
+    # every image of the batch, in sample order: sample 0's (filled with 5), then sample 2's two (3 and 4)
+    expected = torch.stack([torch.full((3, 128, 128), fill) for fill in (5.0, 3.0, 4.0)])
+    assert torch.equal(batch["pixel_values"], expected)
     assert batch["image_sizes"].tolist() == [[64, 128], [128, 64], [128, 128]]
 
     left = ConvLlavaDataCollator(pad_token_id=0, padding_side="left", pad_to_multiple_of=4)(features[:2])
