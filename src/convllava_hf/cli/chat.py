@@ -10,12 +10,11 @@ import PIL.Image
 import torch
 
 from ..configuration_conv_llava import visual_token_grid
+from ..grounding import ASPECT_RATIO_MODES
 from ..image_processing_conv_llava import open_image
 from ..streamers import TimedTextStreamer
 from .checkpoint import load_checkpoint
-from .demo import build_demo_model_and_processor
-
-DEMO_IMAGE = Path(__file__).resolve().parent / "demo_image.png"
+from .demo import DEMO_IMAGE, DEMO_MODE_NOTICE, build_demo_model_and_processor
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,18 +26,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--load-in-4bit", action="store_true", help="quantize the language model to 4-bit (bitsandbytes)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--image-aspect-ratio", choices=["pad", "preserve"], help="override the processor's mode")
+    parser.add_argument("--image-aspect-ratio", choices=ASPECT_RATIO_MODES, help="override the processor's mode")
     return parser.parse_args(argv)
 
 
 def load(model_id: str | None, load_in_4bit: bool):
     """The requested model and processor (exiting with the load error if they cannot be loaded), else the demo model."""
     if model_id is None:
-        print(
-            "*** DEMO MODE: a small ConvLLaVA with RANDOM weights, built on the fly. Its answer is gibberish; pass "
-            "--model with a converted checkpoint for real answers. ***",
-            file=sys.stderr,
-        )
+        print(f"*** {DEMO_MODE_NOTICE} ***", file=sys.stderr)
         model, processor = build_demo_model_and_processor()
         if not load_in_4bit:
             return model, processor
