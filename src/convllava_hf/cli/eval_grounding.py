@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from ..evaluation.loading import DTYPES, load_for_evaluation
-from ..grounding import ASPECT_RATIO_MODES
 from ..evaluation.refcoco import check_images, generate_answers, read_samples, score
+from ..grounding import ASPECT_RATIO_MODES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
