@@ -23,6 +23,7 @@ from pathlib import Path
 import PIL.Image
 
 from _common import RESULTS_DIR, write_json
+from convllava_hf.grounding import ASPECT_RATIO_MODES
 
 DEFAULT_SIZES = [1_000, 20_000, 60_000, 1 << 20, 10_000_000, PIL.Image.MAX_IMAGE_PIXELS]
 
@@ -102,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolution", type=int, default=1536)
     parser.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
-    parser.add_argument("--modes", nargs="+", default=["pad", "preserve"])
+    parser.add_argument("--modes", nargs="+", default=list(ASPECT_RATIO_MODES))
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "thin_image_memory.json")

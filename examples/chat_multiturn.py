@@ -13,8 +13,7 @@ import PIL.Image
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from convllava_hf.cli.chat import DEMO_IMAGE
-from convllava_hf.cli.demo import build_demo_model_and_processor
+from convllava_hf.cli.demo import DEMO_IMAGE, build_demo_model_and_processor
 
 
 def default_images() -> list[PIL.Image.Image]:

@@ -10,8 +10,7 @@ import tempfile
 import PIL.Image
 from transformers import pipeline
 
-from convllava_hf.cli.chat import DEMO_IMAGE
-from convllava_hf.cli.demo import build_demo_model_and_processor
+from convllava_hf.cli.demo import DEMO_IMAGE, build_demo_model_and_processor
 
 
 def main() -> None:

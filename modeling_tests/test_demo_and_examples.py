@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from convllava_hf.cli import chat as chat_module
-from convllava_hf.cli.chat import DEMO_IMAGE
 from convllava_hf.cli.chat import main as chat
-from convllava_hf.cli.demo import build_demo_model_and_processor
+from convllava_hf.cli.demo import DEMO_IMAGE, build_demo_model_and_processor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

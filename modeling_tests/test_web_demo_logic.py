@@ -1,5 +1,6 @@
 """The web demo's model-side logic, which needs no Gradio: token grids, conversations, streaming, stop, start-up."""
 
+import queue
 import runpy
 import sys
 import threading
@@ -10,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from transformers import BatchFeature
 
 from convllava_hf.cli.demo import build_demo_model_and_processor
 from convllava_hf.cli.web_demo import main as web_demo
@@ -146,6 +148,49 @@ def test_setting_stop_ends_generation_after_the_current_token_and_keeps_the_part
     final = update
     assert final.done and final.stopped and final.new_tokens <= 3
     assert final.text.startswith(updates[0])
+
+
+class ScriptedModel:
+    """Stands in for the model: `generate` streams the prompt and the token "a", calls `after_first_token`, ends."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, tokenizer, after_first_token):
+        self.token = tokenizer.convert_tokens_to_ids("a")
+        self.after_first_token = after_first_token
+
+    def generate(self, input_ids, streamer, **kwargs):
+        streamer.put(input_ids)
+        streamer.put(torch.tensor([self.token]))
+        self.after_first_token()
+        streamer.end()
+
+
+def test_an_error_in_generate_is_raised_in_the_callers_thread_after_the_streamed_text(demo):
+    _, processor = demo
+
+    def out_of_memory():
+        raise RuntimeError("CUDA out of memory")
+
+    model = ScriptedModel(processor.tokenizer, out_of_memory)
+    inputs = BatchFeature({"input_ids": torch.tensor([[1, 2, 3]])})
+    texts = []
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        for update in stream_answer(model, processor, inputs, greedy(), threading.Event(), time.perf_counter()):
+            texts.append((update.text, update.new_tokens))
+    assert texts and set(texts) == {("a", 1)}
+
+
+def test_no_token_within_the_timeout_raises_empty_and_asks_generation_to_stop(demo):
+    _, processor = demo
+    stop = threading.Event()
+    model = ScriptedModel(processor.tokenizer, lambda: stop.wait(10))
+    inputs = BatchFeature({"input_ids": torch.tensor([[1, 2, 3]])})
+    start = time.perf_counter()
+    with pytest.raises(queue.Empty):
+        for _ in stream_answer(model, processor, inputs, greedy(), stop, start, token_timeout=0.2):
+            pass
+    assert stop.is_set() and time.perf_counter() - start < 5
 
 
 def test_sampling_settings_reach_generate():

@@ -35,21 +35,17 @@ def convert_command(folder: str | os.PathLike) -> str | None:
     return shlex.join(command)
 
 
-def unconverted_note(model: str | os.PathLike) -> str | None:
-    """For an original ConvLLaVA folder, what it is and the command that converts it; else None."""
+def check_converted(model: str | os.PathLike, name: str = "--model") -> None:
+    """
+    Raise `UnconvertedCheckpointError` for an original ConvLLaVA folder: `"{name} {model!r}: it holds ..."`, with the
+    command that converts it.
+    """
     command = convert_command(model)
-    if command is None:
-        return None
-    return (
-        f"an original ConvLLaVA checkpoint (LLaVA layout), not a converted one. Convert it, then pass the output: "
-        f"{command}"
-    )
-
-
-def check_converted(model: str | os.PathLike, option: str = "--model") -> None:
-    """Raise `UnconvertedCheckpointError`, with the command that converts it, for an original ConvLLaVA folder."""
-    if note := unconverted_note(model):
-        raise UnconvertedCheckpointError(f"{option} {str(model)!r} holds {note}")
+    if command is not None:
+        raise UnconvertedCheckpointError(
+            f"{name} {str(model)!r}: it holds an original ConvLLaVA checkpoint (LLaVA layout), not a converted one. "
+            f"Convert it, then pass the output: {command}"
+        )
 
 
 def load_failure(model: str | os.PathLike, error: Exception) -> str:

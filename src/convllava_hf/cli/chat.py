@@ -8,27 +8,13 @@ from pathlib import Path
 
 import PIL.Image
 import torch
-from transformers import TextStreamer
 
 from ..configuration_conv_llava import visual_token_grid
+from ..grounding import ASPECT_RATIO_MODES
 from ..image_files import open_image
+from ..streamers import TimedTextStreamer
 from .checkpoint import load_checkpoint
-from .demo import build_demo_model_and_processor
-
-DEMO_IMAGE = Path(__file__).resolve().parent / "demo_image.png"
-
-
-class TimedStreamer(TextStreamer):
-    """A TextStreamer that records when the prompt arrives and when each new token arrives."""
-
-    def __init__(self, tokenizer, **kwargs):
-        super().__init__(tokenizer, skip_prompt=True, **kwargs)
-        self.token_times: list[float] = []
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.next_tokens_are_prompt:
-            self.token_times.append(time.perf_counter())
-        super().put(value)
+from .demo import DEMO_IMAGE, DEMO_MODE_NOTICE, build_demo_model_and_processor
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,18 +26,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--load-in-4bit", action="store_true", help="quantize the language model to 4-bit (bitsandbytes)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--image-aspect-ratio", choices=["pad", "preserve"], help="override the processor's mode")
+    parser.add_argument("--image-aspect-ratio", choices=ASPECT_RATIO_MODES, help="override the processor's mode")
     return parser.parse_args(argv)
 
 
 def load(model_id: str | None, load_in_4bit: bool):
     """The requested model and processor (exiting with the load error if they cannot be loaded), else the demo model."""
     if model_id is None:
-        print(
-            "*** DEMO MODE: a small ConvLLaVA with RANDOM weights, built on the fly. Its answer is gibberish; pass "
-            "--model with a converted checkpoint for real answers. ***",
-            file=sys.stderr,
-        )
+        print(f"*** {DEMO_MODE_NOTICE} ***", file=sys.stderr)
         model, processor = build_demo_model_and_processor()
         if not load_in_4bit:
             return model, processor
@@ -91,16 +73,14 @@ def main(argv: list[str] | None = None) -> None:
         file=sys.stderr,
     )
 
-    streamer = TimedStreamer(processor.tokenizer, skip_special_tokens=True)
+    streamer = TimedTextStreamer(processor.tokenizer, skip_special_tokens=True)
     print("ASSISTANT:", end=" ", flush=True)
     with torch.inference_mode():
         model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer)
-    times = streamer.token_times
-    first_token_s = times[0] - preprocessed if times else float("nan")
-    decode_rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    first_token_s, decode_rate = (float("nan") if value is None else value for value in streamer.timings(preprocessed))
     print(
         f"preprocessing {1000 * (preprocessed - start):.0f} ms, time to first token {1000 * first_token_s:.0f} ms, "
-        f"decoding {decode_rate:.1f} tokens/s ({len(times)} tokens)",
+        f"decoding {decode_rate:.1f} tokens/s ({len(streamer.token_times)} tokens)",
         file=sys.stderr,
     )
 

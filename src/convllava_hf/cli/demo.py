@@ -1,5 +1,7 @@
 """A small, randomly initialised ConvLLaVA with a byte-level tokenizer, for running the pipeline without weights."""
 
+from pathlib import Path
+
 from transformers import LlamaTokenizer
 
 from ..chat_template import VICUNA_V1_CHAT_TEMPLATE
@@ -9,6 +11,13 @@ from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
 from ..processing_conv_llava import ConvLlavaProcessor
 
 DEMO_RESOLUTION = 768  # 12 x 12 = 144 visual tokens, like ConvLLaVA-768
+#: The picture the tools and examples show when given none.
+DEMO_IMAGE = Path(__file__).resolve().parent / "demo_image.png"
+#: What the tools say when they run the demo model.
+DEMO_MODE_NOTICE = (
+    "DEMO MODE: a small ConvLLaVA with RANDOM weights, built on the fly, so its answers are gibberish. Start it with "
+    "--model and a converted checkpoint for real answers."
+)
 
 
 def character_tokenizer() -> LlamaTokenizer:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..evaluation.loading import DTYPES, load_for_evaluation
 from ..evaluation.refcoco import check_images, generate_answers, read_samples, score
+from ..grounding import ASPECT_RATIO_MODES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     quantization = parser.add_mutually_exclusive_group()
     quantization.add_argument("--load-in-4bit", action="store_true")
     quantization.add_argument("--load-in-8bit", action="store_true")
-    parser.add_argument("--image-aspect-ratio", choices=["pad", "preserve"], help="override the processor's mode")
+    parser.add_argument("--image-aspect-ratio", choices=ASPECT_RATIO_MODES, help="override the processor's mode")
     parser.add_argument("--resolution", type=int, help="override the processor's resolution")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):

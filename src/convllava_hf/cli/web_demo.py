@@ -6,7 +6,7 @@ import sys
 import PIL.Image
 
 from .checkpoint import load_checkpoint
-from .demo import build_demo_model_and_processor
+from .demo import DEMO_MODE_NOTICE, build_demo_model_and_processor
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f'convllava-demo needs Gradio: pip install "convllava-hf[demo]" ({error})') from error
     PIL.Image.MAX_IMAGE_PIXELS = args.max_image_pixels
     if args.model is None:
-        print("*** DEMO MODE: a small ConvLLaVA with RANDOM weights; its answers are gibberish. ***", file=sys.stderr)
+        print(f"*** {DEMO_MODE_NOTICE} ***", file=sys.stderr)
     DemoApp(model, processor, args.model).launch(args.host, args.port, args.max_file_size, args.concurrency)
 
 

@@ -3,11 +3,9 @@
 import os
 
 import torch
-from huggingface_hub.errors import HFValidationError
-from transformers import BitsAndBytesConfig
 
-from ..checkpoint_source import check_converted, load_failure
 from ..image_processing_conv_llava import check_settings
+from ..model_loading import CheckpointLoadError, load_model_and_processor
 from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
 from ..processing_conv_llava import ConvLlavaProcessor
 
@@ -36,24 +34,20 @@ def load_for_evaluation(
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
     if load_in_4bit and load_in_8bit:
         raise ValueError("Choose one of load_in_4bit and load_in_8bit, not both.")
-    check_converted(pretrained, "pretrained")
-    quantization = None
-    if load_in_4bit:
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
-    elif load_in_8bit:
-        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    quantization = "4bit" if load_in_4bit else "8bit" if load_in_8bit else None
     try:
-        processor = ConvLlavaProcessor.from_pretrained(pretrained)  # either layout (fast_vlm or conv_llava)
-        model = ConvLlavaForConditionalGeneration.from_pretrained(
+        model, processor = load_model_and_processor(
             pretrained,
             dtype=dtype,
             device_map=device_map,
+            quantization=quantization,
+            compute_dtype=torch.bfloat16,
             attn_implementation=attn_implementation,
-            quantization_config=quantization,
+            name="pretrained",
         )
-    except (OSError, HFValidationError) as error:
+    except CheckpointLoadError as error:
         raise ValueError(
-            f"No ConvLLaVA checkpoint could be loaded from {str(pretrained)!r} ({load_failure(pretrained, error)}). "
+            f"No ConvLLaVA checkpoint could be loaded from {str(pretrained)!r} ({error}). "
             "Give a folder written by convllava-convert, or the Hub id of one."
         ) from error
     processor.tokenizer.padding_side = "left"
@@ -61,4 +55,4 @@ def load_for_evaluation(
         processor.image_processor.resolution = resolution
     if image_aspect_ratio is not None:
         processor.image_processor.image_aspect_ratio = image_aspect_ratio
-    return model.eval(), processor
+    return model, processor

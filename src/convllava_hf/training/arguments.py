@@ -8,6 +8,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import HfArg, string_to_bool
 
+from ..grounding import ASPECT_RATIO_MODES
 from .stages import (
     LORA_LEARNING_RATE,
     LORA_PROJECTOR_LEARNING_RATE,
@@ -40,7 +41,7 @@ class ConvLlavaArguments:
         "--model language model and a new projector, makes the starting model.",
     )
     vision_trainable_from: int = HfArg(default=3, help="Stage 2: first trainable ConvNeXt stage (1-5).")
-    image_aspect_ratio: Literal["pad", "preserve"] | None = HfArg(default=None, help="Override the processor's mode.")
+    image_aspect_ratio: Literal[ASPECT_RATIO_MODES] | None = HfArg(default=None, help="Override the processor's mode.")
     model_max_length: int | None = HfArg(default=None, help="Max tokens per sample (default: the tokenizer's).")
     on_broken_record: Literal["skip", "raise"] | None = HfArg(
         default=None,

@@ -6,13 +6,11 @@ import sys
 
 import torch
 import transformers
-from huggingface_hub.errors import HFValidationError
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
-from transformers import BitsAndBytesConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
-from ..checkpoint_source import check_converted, load_failure
-from ..modeling_conv_llava import ConvLlavaForConditionalGeneration
+from ..model_loading import CheckpointLoadError, load_model_and_processor
 from ..processing_conv_llava import ConvLlavaProcessor
 from .arguments import ConvLlavaArguments, ConvLlavaTrainingArguments, parse_args
 from .collator import ConvLlavaDataCollator
@@ -42,60 +40,53 @@ def lora_config(model: PreTrainedModel, args: ConvLlavaArguments) -> LoraConfig:
     )
 
 
-def weights_dtype(args: ConvLlavaArguments) -> torch.dtype | str:
-    """The `dtype` argument of `from_pretrained` for `--model_dtype`."""
-    return args.model_dtype if args.model_dtype == "auto" else getattr(torch, args.model_dtype)
-
-
-def load_model(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArguments) -> PreTrainedModel | PeftModel:
-    """The model of `args.model` with only what the stage trains left trainable (LoRA adapters with `--lora`)."""
-    quantization_config = None
-    if args.load_in_4bit:
-        compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
-        quantization_config = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype,
-        )  # the model quantizes only the language model's decoder layers by default
-    check_converted(args.model)
+def load_model(
+    args: ConvLlavaArguments, training_args: ConvLlavaTrainingArguments
+) -> tuple[PreTrainedModel | PeftModel, ConvLlavaProcessor]:
+    """
+    The model of `args.model` (its language model in 4-bit NF4 with `--load_in_4bit`) with only what the stage trains
+    left trainable (LoRA adapters with `--lora`), and the processor of `--processor` or `--model`.
+    """
+    compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     try:
-        model = ConvLlavaForConditionalGeneration.from_pretrained(
+        model, processor = load_model_and_processor(
             args.model,
-            dtype=weights_dtype(args),
-            quantization_config=quantization_config,
-            device_map={"": training_args.device} if quantization_config else None,
+            dtype=args.model_dtype,
+            device_map={"": training_args.device} if args.load_in_4bit else None,
+            quantization="4bit" if args.load_in_4bit else None,
+            compute_dtype=compute_dtype,
             attn_implementation=args.attn_implementation,
+            for_training=True,
+            processor_id=args.processor,
         )
-    except (OSError, HFValidationError) as error:
-        raise ValueError(f"--model {args.model!r} cannot be loaded: {load_failure(args.model, error)}") from error
+    except CheckpointLoadError as error:
+        raise ValueError(f"--model {args.model!r} cannot be loaded: {error}") from error
     if not args.lora:
         freeze_for_stage(model, args.stage, args.vision_trainable_from)
-        return model
+        return model, processor
     model.requires_grad_(False)
     if args.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, lora_config(model, args))
+    return get_peft_model(model, lora_config(model, args)), processor
 
 
-def load_model_and_processor(
+def starting_model(
     args: ConvLlavaArguments, training_args: ConvLlavaTrainingArguments
 ) -> tuple[PreTrainedModel | PeftModel, ConvLlavaProcessor]:
     """The stage's starting model (assembled from `--model` + `--vision_tower`, or loaded) and its processor."""
     if args.vision_tower:
-        dtype, attention = weights_dtype(args), args.attn_implementation
+        dtype, attention = args.model_dtype, args.attn_implementation
         model, processor = assemble_conv_llava(args.model, args.vision_tower, dtype, attention)
         freeze_for_stage(model, args.stage)
     else:
-        model = load_model(args, training_args)
-        processor = ConvLlavaProcessor.from_pretrained(args.processor or args.model)
+        model, processor = load_model(args, training_args)
     model.config.use_cache = False
     return model, processor
 
 
 def build_trainer(args: ConvLlavaArguments, training_args: ConvLlavaTrainingArguments) -> ConvLlavaTrainer:
     """Processor, model, dataset, collator and trainer of one stage."""
-    model, processor = load_model_and_processor(args, training_args)
+    model, processor = starting_model(args, training_args)
     if args.image_aspect_ratio is not None:
         processor.image_processor.image_aspect_ratio = args.image_aspect_ratio
     tokenizer = processor.tokenizer

@@ -1,6 +1,7 @@
 """The Gradio page of `convllava-demo`: chat about images, see each image's visual tokens before sending."""
 
 import functools
+import html
 import logging
 import shutil
 import tempfile
@@ -13,21 +14,17 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..cli.demo import DEMO_IMAGE, DEMO_MODE_NOTICE
+from ..grounding import ASPECT_RATIO_MODES
 from ..image_files import open_image, open_reduced, upright_size
 from .conversation import AnswerProgress, GenerationSettings, Turn, prepare_inputs, stream_answer
 from .grounding_picture import grounding_picture
 from .token_grid import PREVIEW_SIDE, grid_preview
 
-DEMO_IMAGE = Path(__file__).resolve().parents[1] / "cli" / "demo_image.png"
 RESOLUTIONS = (768, 1024, 1536)
-DEMO_BANNER = (
-    "DEMO MODE: this page runs a small ConvLLaVA with RANDOM weights, built on the fly, so its answers are gibberish. "
-    "Start it with <code>convllava-demo --model FOLDER_OR_ID</code> for real answers."
-)
 CSS = """
 #demo-banner {background: #b91c1c; padding: 10px 16px; border-radius: 8px; font-weight: 600;}
 #demo-banner, #demo-banner * {color: white !important;}
-#demo-banner code {background: rgba(255, 255, 255, 0.2);}
 #token-count {font-size: 1.05em;}
 #chat img {max-height: 240px; width: auto; object-fit: contain;}
 """
@@ -201,7 +198,7 @@ class DemoApp:
         resolutions = sorted({*RESOLUTIONS, self.default_resolution})
         with gr.Blocks(title="ConvLLaVA demo", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
             if self.model_name is None:
-                gr.HTML(f"<div>{DEMO_BANNER}</div>", elem_id="demo-banner")
+                gr.HTML(f"<div>{html.escape(DEMO_MODE_NOTICE)}</div>", elem_id="demo-banner")
             gr.Markdown(
                 f"# ConvLLaVA: {model_display_name(self.model_name) if self.model_name else 'random demo model'}\n"
                 "A hierarchical ConvNeXt reads the image with a total stride of 64: one visual token per 64x64 pixel "
@@ -232,7 +229,7 @@ class DemoApp:
                         object_fit="contain",
                         elem_id="token-grid",
                     )
-                    mode = gr.Radio(["pad", "preserve"], value=self.default_mode, label="Image mode")
+                    mode = gr.Radio(list(ASPECT_RATIO_MODES), value=self.default_mode, label="Image mode")
                     resolution = gr.Radio(resolutions, value=self.default_resolution, label="Resolution (px)")
                     max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label="Max new tokens")
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")

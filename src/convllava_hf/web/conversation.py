@@ -1,8 +1,6 @@
 """A multi-turn conversation with images, checked against the model's context, and its answer streamed."""
 
-import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +8,9 @@ from pathlib import Path
 import PIL.Image
 import torch
 from transformers import StoppingCriteria
-from transformers.generation.streamers import BaseStreamer
 
 from ..image_files import open_image, upright_size
+from ..streamers import TimedTextIteratorStreamer
 
 
 @dataclass
@@ -142,25 +140,6 @@ def prepare_inputs(processor, turns: list[Turn], settings: GenerationSettings, c
     return inputs
 
 
-class _TokenQueue(BaseStreamer):
-    """Hands each new token id (not the prompt's) to the consuming thread, recording when it arrived."""
-
-    def __init__(self):
-        self.queue: queue.Queue[list[int] | None] = queue.Queue()
-        self.token_times: list[float] = []
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.token_times.append(time.perf_counter())
-        self.queue.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        self.queue.put(None)
-
-
 class _StopWhenSet(StoppingCriteria):
     def __init__(self, event: threading.Event):
         self.event = event
@@ -179,11 +158,13 @@ def stream_answer(
     token_timeout: float = 600.0,
 ) -> Iterator[AnswerProgress]:
     """
-    Generate in a background thread and yield the answer, decoded anew at each token; the last progress (`done`) holds
-    the answer decoded from the ids `generate` returned. Setting `stop`, or closing the iterator, ends generation after
-    the current token. Timings count from `started_at` (a `time.perf_counter()` value taken when the request arrived).
+    Generate in a background thread and yield the answer as `TextIteratorStreamer` releases it, once per token (and
+    once at the end); the last progress (`done`) holds the answer decoded from the ids `generate` returned. Setting
+    `stop`, or closing the iterator, ends generation after the current token. Timings count from `started_at` (a
+    `time.perf_counter()` value taken when the request arrived); `token_timeout` seconds without a token raise
+    `queue.Empty`.
     """
-    streamer = _TokenQueue()
+    streamer = TimedTextIteratorStreamer(processor.tokenizer, timeout=token_timeout, skip_special_tokens=True)
     outcome: dict = {}
     inputs = inputs.to(model.device)
 
@@ -200,12 +181,10 @@ def stream_answer(
     worker = threading.Thread(target=generate, name="convllava-generate", daemon=True)
     worker.start()
     progress = AnswerProgress(text="")
-    new_ids: list[int] = []
     try:
-        while (ids := streamer.queue.get(timeout=token_timeout)) is not None:
-            new_ids += ids
-            progress.text = processor.decode(new_ids, skip_special_tokens=True)
-            _update_timings(progress, streamer.token_times, started_at)
+        for text in streamer:
+            progress.text += text
+            _update_timings(progress, streamer, started_at)
             yield progress
         worker.join()
         progress.stopped = stop.is_set()
@@ -215,15 +194,11 @@ def stream_answer(
         raise outcome["error"]
     prompt_length = inputs["input_ids"].shape[1]
     progress.text = processor.decode(outcome["ids"][0, prompt_length:], skip_special_tokens=True)
-    _update_timings(progress, streamer.token_times, started_at)
+    _update_timings(progress, streamer, started_at)
     progress.done = True
     yield progress
 
 
-def _update_timings(progress: AnswerProgress, token_times: list[float], started_at: float) -> None:
-    times = list(token_times)
-    progress.new_tokens = len(times)
-    if times:
-        progress.time_to_first_token = times[0] - started_at
-    if len(times) > 1 and times[-1] > times[0]:
-        progress.tokens_per_second = (len(times) - 1) / (times[-1] - times[0])
+def _update_timings(progress: AnswerProgress, streamer: TimedTextIteratorStreamer, started_at: float) -> None:
+    progress.new_tokens = len(streamer.token_times)
+    progress.time_to_first_token, progress.tokens_per_second = streamer.timings(started_at)
