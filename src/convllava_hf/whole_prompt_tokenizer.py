@@ -8,10 +8,12 @@ import re
 from pathlib import Path
 
 from tokenizers import Tokenizer
-from transformers import AddedToken, TokenizersBackend
+from transformers import TokenizersBackend
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase, generate_merges
 from transformers.utils import logging
 from transformers.utils.import_utils import is_protobuf_available
+
+from .processing_conv_llava import add_image_token
 
 SPIECE_UNDERLINE = "\u2581"
 #: Score sentencepiece gives Llama's whitespace-only pieces ("▁▁", "▁▁▁", ...): they merge after every other piece.
@@ -108,7 +110,7 @@ def original_exact_tokenizer(
     if backend["model"]["type"] != "BPE":
         return None
     if image_token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+        add_image_token(tokenizer, image_token)
         backend = json.loads(tokenizer.backend_tokenizer.to_str())
     normalizer = whole_prompt_normalizer([token["content"] for token in backend["added_tokens"]], image_token)
     if _is_whole_prompt(backend):
