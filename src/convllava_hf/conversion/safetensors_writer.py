@@ -1,24 +1,28 @@
-"""Streaming safetensors writer: sharded files plus index, one tensor in memory at a time."""
+"""Sharded safetensors output, planned by `huggingface_hub`, written by `safetensors`, one shard in memory at a time."""
 
 import json
-import struct
+import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
-from .checkpoint_reader import SAFETENSORS_DTYPES
 from .errors import ConversionError
 
-DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+#: How safetensors reports the OS error under a failed write: "... I/O error: No space left on device (os error 28)".
+OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
 
 
 @dataclass(frozen=True)
 class PlannedTensor:
-    """One output tensor: its name, shape and dtype, and how to produce it when its turn comes."""
+    """One output tensor: its name, shape and dtype, and how to produce it when its shard is written."""
 
     name: str
     shape: tuple[int, ...]
@@ -30,68 +34,51 @@ class PlannedTensor:
         return torch.Size(self.shape).numel() * self.dtype.itemsize
 
 
-def plan_shards(tensors: Sequence[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
-    """Split tensors, in order, into shards of at most `max_shard_size` bytes (a bigger tensor gets a shard alone)."""
-    shards: list[list[PlannedTensor]] = [[]]
-    size = 0
-    for tensor in tensors:
-        if shards[-1] and size + tensor.nbytes > max_shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append(tensor)
-        size += tensor.nbytes
-    return shards
+def _produce(planned: PlannedTensor) -> torch.Tensor:
+    tensor = planned.load()
+    if tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
+        raise ConversionError(
+            f"{planned.name}: produced {tuple(tensor.shape)} {tensor.dtype}, planned {planned.shape} {planned.dtype}."
+        )
+    return tensor.detach().contiguous()
 
 
-def _header(shard: Sequence[PlannedTensor]) -> bytes:
-    entries: dict[str, object] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for tensor in shard:
-        entries[tensor.name] = {
-            "dtype": DTYPE_CODES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + tensor.nbytes],
-        }
-        offset += tensor.nbytes
-    header = json.dumps(entries, separators=(",", ":")).encode()
-    return header + b" " * (-len(header) % 8)
+def _umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def write_shard(path: Path, shard: Sequence[PlannedTensor]) -> None:
-    """Write one safetensors file, producing and writing its tensors one by one."""
-    header = _header(shard)
-    with open(path, "wb") as file:
-        file.write(struct.pack("<Q", len(header)))
-        file.write(header)
-        for planned in shard:
-            tensor = planned.load()
-            if tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
-                raise ConversionError(
-                    f"{planned.name}: produced {tuple(tensor.shape)} {tensor.dtype}, "
-                    f"planned {planned.shape} {planned.dtype}."
-                )
-            file.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
-            del tensor
+    """
+    Produce the tensors of one shard and write them as one safetensors file (metadata `{"format": "pt"}`), with the
+    mode `save_pretrained` gives it (following the umask). Tensors copied unchanged stay memory-mapped views of their
+    input file; cast or padded ones are in memory until the shard is written. A failed write raises its `OSError`.
+    """
+    tensors = {planned.name: _produce(planned) for planned in shard}
+    try:
+        save_file(tensors, path, metadata={"format": "pt"})
+    except SafetensorError as error:
+        code = OS_ERROR_CODE.search(str(error))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), f"{os.strerror(int(code[1]))} ({error})", str(path)) from error
+    path.chmod(0o666 & ~_umask())  # safetensors writes a private (0o600) temporary file and renames it
 
 
-def write_safetensors(tensors: Sequence[PlannedTensor], folder: Path, max_shard_size: int) -> list[str]:
+def write_safetensors(tensors: Sequence[PlannedTensor], folder: Path, max_shard_size: int) -> None:
     """
     Write `tensors` into `folder` like `save_pretrained`: `model.safetensors` if they fit in one shard, else
-    `model-0000i-of-0000n.safetensors` files and `model.safetensors.index.json`. Returns the file names written.
+    `model-0000i-of-0000n.safetensors` files (split by `huggingface_hub`, in order; a tensor bigger than
+    `max_shard_size` gets a shard alone) and `model.safetensors.index.json`.
     """
-    names = [tensor.name for tensor in tensors]
-    if len(set(names)) != len(names):
+    planned = {tensor.name: tensor for tensor in tensors}
+    if len(planned) != len(tensors):
         raise ConversionError("Duplicate output tensor names.")
-    shards = plan_shards(tensors, max_shard_size)
-    if len(shards) == 1:
-        write_shard(folder / SINGLE_FILE, shards[0])
-        return [SINGLE_FILE]
-    file_names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
-    for file_name, shard in zip(file_names, shards):
-        write_shard(folder / file_name, shard)
-    index = {
-        "metadata": {"total_size": sum(tensor.nbytes for tensor in tensors)},
-        "weight_map": {tensor.name: file_name for file_name, shard in zip(file_names, shards) for tensor in shard},
-    }
-    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return [*file_names, INDEX_FILE]
+    shapes = {name: torch.empty(tensor.shape, dtype=tensor.dtype, device="meta") for name, tensor in planned.items()}
+    split = split_torch_state_dict_into_shards(shapes, max_shard_size=max_shard_size)
+    for file_name, names in split.filename_to_tensors.items():
+        write_shard(folder / file_name, [planned[name] for name in names])
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
