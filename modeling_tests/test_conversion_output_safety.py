@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from convllava_hf.conversion import ConversionError, convert_convllava, safetensors_writer, staged_output
 from test_conversion_checkpoints import convert, original_llm_state, write_llm
@@ -174,6 +175,21 @@ def test_a_full_disk_gives_one_line_naming_the_output_and_the_space_needed(tmp_p
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(f"error: No space left on the device of --output {tmp_path}/out")
     assert re.search(r"needs about 0\.0\d GB, [\d.]+ GB are free", error) and siblings(tmp_path) == []
+
+
+def test_a_full_disk_under_safetensors_is_reported_as_a_full_disk(tmp_path, monkeypatch, capsys):
+    """safetensors raises its own error type, not an OSError, when the disk fills: it still reads as a full disk."""
+
+    def full_disk(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors_writer, "save_file", full_disk)
+    arguments = ["--llm", str(FIXTURE_DIR / "llm"), "--vision", str(FIXTURE_DIR / "vision"), "--output"]
+    assert convert_convllava.main([*arguments, str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert (
+        error.startswith(f"error: No space left on the device of --output {tmp_path}/out") and siblings(tmp_path) == []
+    )
 
 
 def test_converted_files_follow_the_umask_like_save_pretrained(tmp_path):
