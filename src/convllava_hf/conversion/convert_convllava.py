@@ -72,8 +72,9 @@ def convert_checkpoint(
     (`FastVlmForConditionalGeneration`, `LlavaProcessor`), or refuses naming a setting it cannot express;
     `"conv_llava"` writes this package's classes and module files (`auto_map`), so that folder also loads with
     `trust_remote_code=True`.
-    Tensors are streamed one at a time, so memory stays far below the size of the model. `verify` (e.g.
-    `verify_conversion`) runs on the complete folder before it is moved into place: if it raises, nothing is published.
+    Weights are read memory-mapped and written one shard at a time: tensors kept in their stored dtype stay
+    file-backed, cast ones take up to `max_shard_size` of memory. `verify` (e.g. `verify_conversion`) runs on the
+    complete folder before it is moved into place: if it raises, nothing is published.
     """
     output = Path(output)
     if layout not in LAYOUTS:
@@ -153,7 +154,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output", required=True, type=Path, help="Folder to write (must be empty or absent).")
     parser.add_argument("--dtype", choices=list(DTYPES), help="Output dtype. Default: the dtype of the LLM weights.")
-    parser.add_argument("--max-shard-size", default="5GB", help="Largest safetensors shard (default 5GB).")
+    parser.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        help="Largest safetensors shard (default 5GB); a --dtype that casts the weights holds one shard in memory.",
+    )
     parser.add_argument(
         "--safe-serialization",
         action="store_true",
