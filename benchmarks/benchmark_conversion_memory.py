@@ -131,10 +131,10 @@ def sample_memory(pid: int, peaks: dict, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
-def run_converter(llm: Path, vision: Path, output: Path) -> dict:
+def run_converter(llm: Path, vision: Path, output: Path, dtype: str) -> dict:
     command = [
         sys.executable, str(REPO_ROOT / "conversion" / "convert_convllava_to_hf.py"),
-        "--llm", str(llm), "--vision", str(vision), "--output", str(output), "--dtype", "bfloat16",
+        "--llm", str(llm), "--vision", str(vision), "--output", str(output), "--dtype", dtype,
     ]  # fmt: skip
     env = {"PYTHONPATH": str(REPO_ROOT / "src"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     start = time.perf_counter()
@@ -162,6 +162,12 @@ def main() -> None:
     )
     parser.add_argument("--layers", type=int, default=None, help="LLM layers (default 32, the real 7B model; tiny 2).")
     parser.add_argument("--tiny", action="store_true", help="tiny widths (the vocabulary stays 32000; smoke test)")
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default="bfloat16",
+        help="Output dtype. Default bfloat16, that of the synthetic weights: nothing is cast (float16 casts them all).",
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the synthetic checkpoint and the converted folder.")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "conversion_memory.json")
     args = parser.parse_args()
@@ -182,9 +188,10 @@ def main() -> None:
         write_tokenizer(llm)
         input_bytes = write_weights(llm, vision, config)
         generation_seconds = round(time.perf_counter() - start, 1)
-        result = run_converter(llm, vision, output)
+        result = run_converter(llm, vision, output, args.dtype)
         output_bytes = sum(path.stat().st_size for path in output.glob("*.safetensors"))
         result.update(
+            output_dtype=args.dtype,
             llm_layers=config.text_config.num_hidden_layers,
             tiny=args.tiny,
             input_bytes=input_bytes,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from convllava_hf.conversion import ConversionError, convert_convllava
 from test_conversion_checkpoints import convert, converted_tensors, original_llm_state, write_llm
@@ -42,6 +43,12 @@ def test_truncated_safetensors_file_is_named_as_truncated(tmp_path):
     weights = llm / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     refused(llm, tmp_path / "out", str(weights), "truncated or corrupt")
+
+
+def test_safetensors_file_saved_for_another_framework_is_refused_naming_it(tmp_path):
+    llm = write_llm(tmp_path / "llm", original_llm_state(), "safetensors-single")
+    save_file(load_file(llm / "model.safetensors"), llm / "model.safetensors", metadata={"format": "tf"})
+    refused(llm, tmp_path / "out", f"Cannot read {llm / 'model.safetensors'} as safetensors", "valid metadata")
 
 
 def test_unsupported_stored_dtype_is_named_with_its_tensor_and_file(tmp_path):
@@ -84,9 +91,7 @@ def test_config_that_is_not_a_json_object_is_refused(tmp_path):
     refused(llm, tmp_path / "out", str(llm / "config.json"), "JSON object", "list")
 
 
-@pytest.mark.parametrize(
-    ("damage", "problem"), [("delete", "missing"), ("garbage", "not a valid sentencepiece model")]
-)
+@pytest.mark.parametrize(("damage", "problem"), [("delete", "missing"), ("garbage", "not a valid sentencepiece model")])
 def test_missing_or_corrupt_tokenizer_model_is_named(tmp_path, damage, problem):
     llm = copy_llm(tmp_path)
     tokenizer = llm / "tokenizer.model"

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 
 from convllava_hf.conversion import ConversionError, convert_checkpoint, safetensors_writer
-from convllava_hf.conversion.checkpoint_reader import load_bin
+from convllava_hf.conversion.checkpoint_reader import load_weights
 from tiny_models import FIXTURE_DIR
 
 LLM_SHARDS = sorted((FIXTURE_DIR / "llm").glob("pytorch_model-*.bin"))
@@ -26,7 +26,7 @@ NON_WEIGHT_FILES = [
 
 def read_state(file: Path) -> dict[str, torch.Tensor]:
     """A state dict in memory (not memory-mapped, so its file can be rewritten)."""
-    return {name: tensor.clone() for name, tensor in load_bin(file).items()}
+    return {name: tensor.clone() for name, tensor in load_weights(file).items()}
 
 
 def original_llm_state() -> dict[str, torch.Tensor]:
@@ -95,7 +95,7 @@ def test_weights_are_copied_unchanged_and_new_vocab_rows_are_the_mean(reference_
     assert torch.equal(
         reference_conversion["model.multi_modal_projector.linear_2.bias"], original["model.mm_projector.2.bias"]
     )
-    vision = load_bin(FIXTURE_DIR / "vision" / "pytorch_model.bin")
+    vision = load_weights(FIXTURE_DIR / "vision" / "pytorch_model.bin")
     assert all(
         torch.equal(reference_conversion[f"model.vision_tower.{name}"], tensor) for name, tensor in vision.items()
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import load_state_dict_from_file
 from safetensors import SafetensorError, safe_open
 
 from .errors import ConversionError
@@ -73,12 +74,19 @@ def read_weight_map(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def load_bin(file: Path) -> dict[str, torch.Tensor]:
-    """A `torch.save`d state dict, memory-mapped (zip format), read with `weights_only=True`, never plain pickle."""
+def load_weights(file: Path) -> dict[str, torch.Tensor]:
+    """
+    Every tensor of one weight file as memory-mapped views, read by `huggingface_hub.load_state_dict_from_file`:
+    safetensors, or a `torch.save`d `.bin` with `weights_only=True` (never plain pickle).
+    """
+    is_bin = file.suffix != ".safetensors"
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+        state = load_state_dict_from_file(
+            file, map_location="cpu", weights_only=True, mmap=is_bin and zipfile.is_zipfile(file), safe=not is_bin
+        )
     except Exception as error:
-        raise ConversionError(f"Cannot read {file} as a weights-only PyTorch state dict: {error}") from error
+        kind = "a weights-only PyTorch state dict" if is_bin else "safetensors"
+        raise ConversionError(f"Cannot read {file} as {kind}: {error}") from error
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ConversionError(f"{file} does not hold a flat dict of name -> tensor.")
     return state
@@ -86,8 +94,9 @@ def load_bin(file: Path) -> dict[str, torch.Tensor]:
 
 class CheckpointReader:
     """
-    Every tensor of a set of weight files, by name. Shapes and dtypes are known up front; `get` reads one tensor,
-    keeping at most one `.bin` file memory-mapped (read the names grouped by file to open each file once).
+    Every tensor of a set of weight files, by name. Shapes and dtypes are known up front (from the header of a
+    safetensors file); `get` gives a memory-mapped view of one tensor, keeping at most one file open (read the names
+    grouped by file to open each file once).
     """
 
     def __init__(self, files: Iterable[Path]):
@@ -129,20 +138,16 @@ class CheckpointReader:
                         f"(supported: {', '.join(SAFETENSORS_DTYPES)})."
                     )
             return [(name, shape, SAFETENSORS_DTYPES[code]) for name, shape, code in specs]
-        return [(name, tuple(tensor.shape), tensor.dtype) for name, tensor in load_bin(file).items()]
+        return [(name, tuple(tensor.shape), tensor.dtype) for name, tensor in load_weights(file).items()]
 
     def get(self, name: str) -> torch.Tensor:
-        """The tensor `name`, read from its file (a memory-mapped view for `.bin`, a fresh copy for safetensors)."""
+        """The tensor `name`: a memory-mapped view into its file."""
         file = self.specs[name].file
-        if file.suffix == ".safetensors":
-            self.close()
-            with safe_open(file, framework="pt") as handle:
-                return handle.get_tensor(name)
         if file != self._open_file:
             self.close()
-            self._open_state, self._open_file = load_bin(file), file
+            self._open_state, self._open_file = load_weights(file), file
         return self._open_state[name]
 
     def close(self) -> None:
-        """Drop the memory-mapped `.bin` file, if any, so its pages leave this process."""
+        """Drop the open file, if any, so that its pages leave this process once no tensor of it is in use."""
         self._open_state, self._open_file = {}, None

@@ -72,8 +72,9 @@ def convert_checkpoint(
     (`FastVlmForConditionalGeneration`, `LlavaProcessor`), or refuses naming a setting it cannot express;
     `"conv_llava"` writes this package's classes and module files (`auto_map`), so that folder also loads with
     `trust_remote_code=True`.
-    Tensors are streamed one at a time, so memory stays far below the size of the model. `verify` (e.g.
-    `verify_conversion`) runs on the complete folder before it is moved into place: if it raises, nothing is published.
+    Weights are read memory-mapped and written one tensor at a time, so memory stays far below the size of the model.
+    `verify` (e.g. `verify_conversion`) runs on the
+    complete folder before it is moved into place: if it raises, nothing is published.
     """
     output = Path(output)
     if layout not in LAYOUTS:

@@ -158,7 +158,8 @@ def convert_laion_convnext(
     """
     Write a vision-tower folder like the original ConvLLaVA-ConvNeXt-* ones (ConvNext `config.json`,
     `preprocessor_config.json` of a `CLIPImageProcessor` at `resolution`, float32 `model.safetensors` of transformers'
-    `ConvNextModel`, whose pooling LayerNorm ConvLLaVA never applies), written in a temp folder and moved into place when complete.
+    `ConvNextModel`, whose pooling LayerNorm ConvLLaVA never applies), written in a temp folder and moved into place
+    when complete.
     """
     check_resolution(resolution, "--resolution", ConversionError)
     output = Path(output)

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from huggingface_hub import ModelCard, ModelCardData
+
 from ..configuration_conv_llava import ConvLlavaConfig, num_visual_tokens
 
 BENCHMARK_SOURCE = "https://github.com/alibaba/conv-llava/blob/main/docs/Model_zoo.md"
@@ -193,20 +195,22 @@ def render_model_card(
     notes: list[str],
     layout: str = "fast_vlm",
 ) -> str:
-    """The model card: Hub metadata, what was converted and how, usage, published results, license, citation."""
+    """
+    The model card (a `huggingface_hub.ModelCard`, its metadata a `ModelCardData`): what was converted and how,
+    usage, published results, license, citation.
+    """
     resolution = config.image_resolution
     padded = config.text_config.vocab_size
     dtype = str(config.text_config.dtype).removeprefix("torch.")
-    metadata = ["library_name: transformers", "pipeline_tag: image-text-to-text", "license: llama2"]
-    if base_models:
-        metadata += ["base_model:", *(f"- {model}" for model in base_models)]
-    metadata += ["tags:", "- convllava", "- llava", "- convnext", "- vision-language"]
+    metadata = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        license="llama2",
+        base_model=list(base_models) or None,
+        tags=["convllava", "llava", "convnext", "vision-language"],
+    )
     notes_section = "".join(f"- {note}\n" for note in notes)
-    return f"""---
-{chr(10).join(metadata)}
----
-
-# ConvLLaVA-{resolution} for 🤗 Transformers
+    body = f"""# ConvLLaVA-{resolution} for 🤗 Transformers
 
 [ConvLLaVA](https://arxiv.org/abs/2405.15738) replaces LLaVA-1.5's ViT with a hierarchical five-stage ConvNeXt
 (total stride 64), so a {resolution}x{resolution} image costs only {config.image_seq_length} visual tokens. This
@@ -244,3 +248,4 @@ of Use for GPT-generated training data and the Llama 2 Community License). This 
 {CITATION}
 ```
 """
+    return str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}"))

@@ -1,4 +1,4 @@
-"""Streaming safetensors writer: sharded files plus index, one tensor in memory at a time."""
+"""Sharded safetensors output: shards planned by `huggingface_hub`, each streamed one tensor in memory at a time."""
 
 import json
 import struct
@@ -7,18 +7,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
 
 from .checkpoint_reader import SAFETENSORS_DTYPES
 from .errors import ConversionError
 
 DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
 class PlannedTensor:
-    """One output tensor: its name, shape and dtype, and how to produce it when its turn comes."""
+    """One output tensor: its name, shape and dtype, and how to produce it when its shard is written."""
 
     name: str
     shape: tuple[int, ...]
@@ -28,19 +30,6 @@ class PlannedTensor:
     @property
     def nbytes(self) -> int:
         return torch.Size(self.shape).numel() * self.dtype.itemsize
-
-
-def plan_shards(tensors: Sequence[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
-    """Split tensors, in order, into shards of at most `max_shard_size` bytes (a bigger tensor gets a shard alone)."""
-    shards: list[list[PlannedTensor]] = [[]]
-    size = 0
-    for tensor in tensors:
-        if shards[-1] and size + tensor.nbytes > max_shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append(tensor)
-        size += tensor.nbytes
-    return shards
 
 
 def _header(shard: Sequence[PlannedTensor]) -> bytes:
@@ -58,7 +47,10 @@ def _header(shard: Sequence[PlannedTensor]) -> bytes:
 
 
 def write_shard(path: Path, shard: Sequence[PlannedTensor]) -> None:
-    """Write one safetensors file, producing and writing its tensors one by one."""
+    """
+    Write one safetensors file, producing and writing its tensors one by one: `safetensors.torch.save_file` would
+    hold every cast or padded tensor of the shard in memory at once (5.3 GB instead of 0.86 GB for a 7B cast).
+    """
     header = _header(shard)
     with open(path, "wb") as file:
         file.write(struct.pack("<Q", len(header)))
@@ -74,24 +66,19 @@ def write_shard(path: Path, shard: Sequence[PlannedTensor]) -> None:
             del tensor
 
 
-def write_safetensors(tensors: Sequence[PlannedTensor], folder: Path, max_shard_size: int) -> list[str]:
+def write_safetensors(tensors: Sequence[PlannedTensor], folder: Path, max_shard_size: int) -> None:
     """
     Write `tensors` into `folder` like `save_pretrained`: `model.safetensors` if they fit in one shard, else
-    `model-0000i-of-0000n.safetensors` files and `model.safetensors.index.json`. Returns the file names written.
+    `model-0000i-of-0000n.safetensors` files (split by `huggingface_hub`, in order; a tensor bigger than
+    `max_shard_size` gets a shard alone) and `model.safetensors.index.json`.
     """
-    names = [tensor.name for tensor in tensors]
-    if len(set(names)) != len(names):
+    planned = {tensor.name: tensor for tensor in tensors}
+    if len(planned) != len(tensors):
         raise ConversionError("Duplicate output tensor names.")
-    shards = plan_shards(tensors, max_shard_size)
-    if len(shards) == 1:
-        write_shard(folder / SINGLE_FILE, shards[0])
-        return [SINGLE_FILE]
-    file_names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
-    for file_name, shard in zip(file_names, shards):
-        write_shard(folder / file_name, shard)
-    index = {
-        "metadata": {"total_size": sum(tensor.nbytes for tensor in tensors)},
-        "weight_map": {tensor.name: file_name for file_name, shard in zip(file_names, shards) for tensor in shard},
-    }
-    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return [*file_names, INDEX_FILE]
+    shapes = {name: torch.empty(tensor.shape, dtype=tensor.dtype, device="meta") for name, tensor in planned.items()}
+    split = split_torch_state_dict_into_shards(shapes, max_shard_size=max_shard_size)
+    for file_name, names in split.filename_to_tensors.items():
+        write_shard(folder / file_name, [planned[name] for name in names])
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -64,7 +64,7 @@ def _loader(
     reader: CheckpointReader, name: str, dtype: torch.dtype, rows: int | None, other: CheckpointReader
 ) -> Callable[[], torch.Tensor]:
     def load() -> torch.Tensor:
-        other.close()  # never keep a file of the other folder mapped while reading this one
+        other.close()  # the other folder's file stays mapped only while a shard still holds its tensors
         tensor = reader.get(name)
         return tensor.to(dtype) if rows is None else pad_rows_with_mean(tensor, rows, dtype)
 
