@@ -214,7 +214,7 @@ def test_preserve_mode_expands_each_image_to_its_own_token_count():
 def test_preserve_mode_counts_the_tokens_of_a_side_half_way_between_multiples_of_64_rounded_up():
     # at 768, 1000x375 scales to 768x288 and 625x1000 to 480x768; 288 = 4.5 * 64 and 480 = 7.5 * 64 round up to 5
     # and 8 units (floor: 4 and 7; round-half-even: 4 and 8), so 12 * 5 = 60 and 8 * 12 = 96 image tokens
-    processor = ConvLlavaProcessor.from_original(
+    processor = processor_from_original(
         FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", resolution=768, image_aspect_ratio="preserve"
     )
     images = [PIL.Image.new("RGB", (1000, 375), (200, 30, 90)), PIL.Image.new("RGB", (625, 1000), (10, 250, 40))]

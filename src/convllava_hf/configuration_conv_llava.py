@@ -7,24 +7,26 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, LlavaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-#: Version of this package's remote-code modules, written into every saved config as `convllava_code_version`. Bump it
-#: when a saved folder needs module files newer than those of earlier versions: older modules then refuse it.
+#: Version of the remote-code modules, saved as `convllava_code_version`; older modules refuse a newer folder.
 CONVLLAVA_CODE_VERSION = 1
-
-#: The model Auto classes of a folder holding `modeling_conv_llava.py` (transformers' `auto_map`), mapped as LLaVA is.
+#: The Auto classes of a folder holding `modeling_conv_llava.py` (its `auto_map`), mapped as LLaVA is.
 MODEL_AUTO_MAP = {
     "AutoModel": "modeling_conv_llava.ConvLlavaModel",
-    "AutoModelForImageTextToText": "modeling_conv_llava.ConvLlavaForConditionalGeneration",
-    "AutoModelForMultimodalLM": "modeling_conv_llava.ConvLlavaForConditionalGeneration",
-    "AutoModelForPreTraining": "modeling_conv_llava.ConvLlavaForConditionalGeneration",
+    **dict.fromkeys(
+        ("AutoModelForImageTextToText", "AutoModelForMultimodalLM", "AutoModelForPreTraining"),
+        "modeling_conv_llava.ConvLlavaForConditionalGeneration",
+    ),
 }
-
 #: Total stride of the five-stage ConvNeXt (stem 4, four stride-2 downsamplings): one visual token per 64x64 pixels.
 VISION_STRIDE = 64
-#: transformers' model type of the stock layout (`convllava-convert --layout fast_vlm`), which this config reads.
-STOCK_MODEL_TYPE = "fast_vlm"
-#: Key of a stock config that keeps the settings only this package uses (`image_resolution`).
-STASH_KEY = "convllava_layout"
+#: The stock layout's model type, and the key under which its config keeps `image_resolution`.
+STOCK_MODEL_TYPE, STASH_KEY = "fast_vlm", "convllava_layout"
+#: The LAION CLIP ConvNeXt-Large trunk (stages 1-4) plus ConvLLaVA's trained fifth stage.
+CONVNEXT_LARGE_5_STAGE = dict(num_stages=5, depths=[3, 3, 27, 3, 6], hidden_sizes=[192, 384, 768, 1536, 3072])
+CONVNEXT_LARGE_5_STAGE.update(patch_size=4, hidden_act="gelu", image_size=1536)
+#: Vicuna-7B-v1.5 (Llama-2-7B shape), with the vocabulary grown by `<image>` and padded to a multiple of 64.
+VICUNA_7B = dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, pad_token_id=0)
+VICUNA_7B.update(num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
 
 
 def visual_token_grid(height: int, width: int, stride: int = VISION_STRIDE) -> tuple[int, int]:
@@ -34,8 +36,7 @@ def visual_token_grid(height: int, width: int, stride: int = VISION_STRIDE) -> t
 
 def num_visual_tokens(height: int, width: int, stride: int = VISION_STRIDE) -> int:
     """Visual tokens the model spends on `height` x `width` pixels of image content."""
-    rows, cols = visual_token_grid(height, width, stride)
-    return rows * cols
+    return math.prod(visual_token_grid(height, width, stride))
 
 
 def check_resolution(resolution: object, name: str = "resolution", error: type[ValueError] = ValueError) -> None:
@@ -44,57 +45,15 @@ def check_resolution(resolution: object, name: str = "resolution", error: type[V
         raise error(f"{name} must be a positive multiple of {VISION_STRIDE}, got {resolution!r}.")
 
 
-#: The LAION CLIP ConvNeXt-Large trunk (stages 1-4) plus ConvLLaVA's trained fifth stage.
-CONVNEXT_LARGE_5_STAGE = {
-    "num_stages": 5,
-    "depths": [3, 3, 27, 3, 6],
-    "hidden_sizes": [192, 384, 768, 1536, 3072],
-    "patch_size": 4,
-    "hidden_act": "gelu",
-    "image_size": 1536,
-}
-
-#: Vicuna-7B-v1.5 (Llama-2-7B shape), with the vocabulary grown by `<image>` and padded to a multiple of 64.
-VICUNA_7B = {
-    "vocab_size": 32064,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-5,
-    "pad_token_id": 0,
-}
-
-
 @strict
 class ConvLlavaConfig(LlavaConfig):
     r"""
-    Configuration of a [`ConvLlavaForConditionalGeneration`]: a [`LlavaConfig`] whose defaults reproduce the released
-    ConvLLaVA-7B models (ConvNeXt-Large + fifth stage, Vicuna-7B-v1.5) at 1536x1536 pixels (576 visual tokens).
-
-    Args:
-        image_resolution (`int`, *optional*, defaults to 1536):
-            Side of the square the model was trained on (768, 1024 or 1536 for the released models); a multiple of 64.
-        image_seq_length (`int`, *optional*):
-            Visual tokens of a square `image_resolution` image, `(image_resolution // vision_stride) ** 2`; derived
-            when not given, refused when it disagrees.
-        vision_feature_layer (`int`, *optional*, defaults to -1):
-            ConvNeXt output that feeds the projector: an index into (stem, stage 1, ..., stage 5).
-        convllava_code_version (`int`, *optional*):
-            Version of the ConvLLaVA code that wrote the config; a config written by newer code is refused.
-
-    The other arguments are [`LlavaConfig`]'s; `vision_config.hidden_size` is set to the width of the selected ConvNeXt
-    output, which LLaVA's projector reads. A stock `fast_vlm` config written by `convllava-convert` loads too.
-
-    Example:
-
-    ```python
-    >>> from convllava_hf import ConvLlavaConfig
-    >>> ConvLlavaConfig(image_resolution=768).image_seq_length  # ConvLLaVA-768: 12x12 visual tokens
-    144
-    ```
+    A [`LlavaConfig`] whose defaults are the released ConvLLaVA-7B's (ConvNeXt-Large + fifth stage, Vicuna-7B-v1.5)
+    at 1536x1536 pixels, 576 visual tokens (`ConvLlavaConfig(image_resolution=768).image_seq_length` is 144). It adds
+    `image_resolution`, the square side the model was trained on (a multiple of 64), and `convllava_code_version`;
+    `image_seq_length` is derived from them, `vision_feature_layer` indexes (stem, stage 1, ..., stage 5), and
+    `vision_config.hidden_size` is that output's width, which LLaVA's projector reads. A stock `fast_vlm` config
+    written by `convllava-convert` loads too.
     """
 
     model_type = "conv_llava"
@@ -126,27 +85,40 @@ class ConvLlavaConfig(LlavaConfig):
             )
         self.convllava_code_version = CONVLLAVA_CODE_VERSION
         super().__post_init__(**kwargs)
-        self.validate_feature_layer()
+        outputs, layer = self.vision_config.num_stages + 1, self.vision_feature_layer
+        if not isinstance(layer, int) or not -outputs <= layer < outputs:
+            raise ValueError(
+                f"vision_feature_layer must be one int in [{-outputs}, {outputs - 1}] (stem, then each of the "
+                f"{outputs - 1} ConvNeXt stages), got {layer!r}."
+            )
         if getattr(self.vision_config, "hidden_size", None) is None:
             self.vision_config.hidden_size = self.vision_feature_size
-        if self.image_seq_length is None and isinstance(self.image_resolution, int):
-            self.image_seq_length = num_visual_tokens(self.image_resolution, self.image_resolution, self.vision_stride)
-        self.check_geometry()
+        check_resolution(self.image_resolution, "image_resolution")
+        side, vision = self.image_resolution, self.vision_config
+        expected = num_visual_tokens(side, side, self.vision_stride)
+        self.image_seq_length = expected if self.image_seq_length is None else self.image_seq_length
+        if vision.hidden_size != self.vision_feature_size:
+            raise ValueError(
+                f"vision_config.hidden_size={vision.hidden_size!r} is not the width of the ConvNeXt output the "
+                f"projector reads ({self.vision_feature_size}, vision_config.hidden_sizes at vision_feature_layer)."
+            )
+        if self.image_seq_length != expected:
+            raise ValueError(
+                f"image_seq_length={self.image_seq_length!r} does not match a {side}x{side} image, which gives "
+                f"{expected} tokens at the ConvNeXt's stride of {self.vision_stride} pixels (vision_config.patch_size="
+                f"{vision.patch_size}, num_stages={vision.num_stages}; ConvLLaVA's is 4 x 2^4 = {VISION_STRIDE})."
+            )
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
-        """
-        The config dict as transformers reads it. A stock `fast_vlm` folder's differs only in its type and keeps
-        `image_resolution` under `convllava_layout`; any other model type is refused.
-        """
+        """As transformers reads it; a stock `fast_vlm` folder's is translated, other model types refused."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         model_type = config_dict.get("model_type")
         if model_type == STOCK_MODEL_TYPE and (config_dict.get("vision_config") or {}).get("model_type") == "convnext":
-            stash = config_dict.get(STASH_KEY) or {}
-            seq_length = config_dict.get("image_seq_length") or 0
+            resolution = math.isqrt(config_dict.get("image_seq_length") or 0) * VISION_STRIDE
+            resolution = (config_dict.get(STASH_KEY) or {}).get("image_resolution", resolution)
             dropped = (STASH_KEY, "architectures", "attn_implementation", "model_type")
-            config_dict = {key: value for key, value in config_dict.items() if key not in dropped}
-            config_dict["image_resolution"] = stash.get("image_resolution", math.isqrt(seq_length) * VISION_STRIDE)
+            config_dict = {**{k: v for k, v in config_dict.items() if k not in dropped}, "image_resolution": resolution}
         elif model_type not in (None, cls.model_type):
             raise ValueError(
                 f"{pretrained_model_name_or_path} holds a model of type {model_type!r}, not a ConvLLaVA checkpoint "
@@ -169,42 +141,13 @@ class ConvLlavaConfig(LlavaConfig):
     @property
     def vision_feature_size(self) -> int:
         """Channel width of the ConvNeXt output selected by `vision_feature_layer`."""
-        widths = [self.vision_config.hidden_sizes[0], *self.vision_config.hidden_sizes]
-        return widths[self.vision_feature_layer]
+        return [self.vision_config.hidden_sizes[0], *self.vision_config.hidden_sizes][self.vision_feature_layer]
 
     @property
     def vision_stride(self) -> int:
         """Pixels per visual token along each side at `vision_feature_layer`."""
         stages_used = range(self.vision_config.num_stages + 1)[self.vision_feature_layer]
         return self.vision_config.patch_size * 2 ** max(stages_used - 1, 0)
-
-    def validate_feature_layer(self):
-        """Refuse a `vision_feature_layer` that is not one of the ConvNeXt's outputs."""
-        num_outputs = self.vision_config.num_stages + 1
-        layer = self.vision_feature_layer
-        if not isinstance(layer, int) or not -num_outputs <= layer < num_outputs:
-            raise ValueError(
-                f"vision_feature_layer must be one int in [{-num_outputs}, {num_outputs - 1}] (stem, then each of the "
-                f"{num_outputs - 1} ConvNeXt stages), got {layer!r}."
-            )
-
-    def check_geometry(self):
-        """Raise a `ValueError` naming the field that does not match the geometry of the ConvNeXt tower."""
-        check_resolution(self.image_resolution, "image_resolution")
-        vision = self.vision_config
-        if vision.hidden_size != self.vision_feature_size:
-            raise ValueError(
-                f"vision_config.hidden_size={vision.hidden_size!r} is not the width of the ConvNeXt output the "
-                f"projector reads ({self.vision_feature_size}, vision_config.hidden_sizes at vision_feature_layer)."
-            )
-        expected = num_visual_tokens(self.image_resolution, self.image_resolution, self.vision_stride)
-        if self.image_seq_length != expected:
-            raise ValueError(
-                f"image_seq_length={self.image_seq_length!r} does not match a {self.image_resolution}x"
-                f"{self.image_resolution} image, which gives {expected} tokens at the ConvNeXt's stride of "
-                f"{self.vision_stride} pixels (vision_config.patch_size={vision.patch_size}, "
-                f"num_stages={vision.num_stages}; ConvLLaVA's is 4 x 2^4 = {VISION_STRIDE})."
-            )
 
 
 __all__ = ["ConvLlavaConfig"]

@@ -265,3 +265,14 @@ def load_image_source(source: str) -> PIL.Image.Image:
         shown = source if len(source) <= 200 else f"{source[:200]}..."
         raise ValueError(f"No image at {shown!r}: it is not an existing file, an http(s) URL or base64 image data.")
     return open_image(data, name="the base64 image data")
+
+
+def open_source(source: str | os.PathLike | bytes | bytearray) -> PIL.Image.Image:
+    """An image from a path, bytes, base64 data or an http(s) URL (`load_image_source` for strings), checked."""
+    return load_image_source(source) if isinstance(source, str) else open_image(source)
+
+
+def checked_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """`image` upright and RGB (`upright_rgb`) after `check_pixel_count`."""
+    check_pixel_count(image.height, image.width)
+    return upright_rgb(image)

@@ -12,7 +12,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.convnext.modeling_convnext import ConvNextLayer
 from transformers.models.llava.modeling_llava import LlavaPreTrainedModel
 from transformers.quantizers.auto import AutoQuantizationConfig
-from transformers.utils import torch_compilable_check
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_conv_llava import ConvLlavaConfig
@@ -34,17 +33,15 @@ class ConvLlavaPreTrainedModel(LlavaPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """
-        `PreTrainedModel.from_pretrained`, with a `BitsAndBytesConfig`'s `llm_int8_skip_modules` defaulting to
-        `bnb_skip_modules`: transformers has no model-level default for it (`_keep_in_fp32_modules` would also upcast
-        fp16 loads), and by default bitsandbytes would quantize the ConvNeXt's linear layers. A given list replaces it.
+        As transformers loads, a `BitsAndBytesConfig`'s `llm_int8_skip_modules` defaulting to `bnb_skip_modules`.
+        transformers has no model-level default for it (`_keep_in_fp32_modules` also upcasts fp16 loads).
         """
-        quantization_config = kwargs.get("quantization_config")
-        if isinstance(quantization_config, dict):
-            quantization_config = AutoQuantizationConfig.from_dict(quantization_config)
-        if isinstance(quantization_config, BitsAndBytesConfig) and quantization_config.llm_int8_skip_modules is None:
-            quantization_config = copy.deepcopy(quantization_config)
-            quantization_config.llm_int8_skip_modules = list(cls.bnb_skip_modules)
-            kwargs["quantization_config"] = quantization_config
+        quantization = kwargs.get("quantization_config")
+        if isinstance(quantization, dict):
+            quantization = AutoQuantizationConfig.from_dict(quantization)
+        if isinstance(quantization, BitsAndBytesConfig) and quantization.llm_int8_skip_modules is None:
+            kwargs["quantization_config"] = quantization = copy.deepcopy(quantization)
+            quantization.llm_int8_skip_modules = list(cls.bnb_skip_modules)
         return super().from_pretrained(*args, **kwargs)
 
     def set_attn_implementation(self, attn_implementation: str | dict, **kwargs):
@@ -78,23 +75,15 @@ def image_size_pairs(image_sizes: torch.Tensor | list, pixel_values: torch.Tenso
 
 
 def check_pixels(batch: torch.Tensor, indices: list[int]) -> None:
-    """
-    Refuse integer pixels (raw 0..255) and NaN or Inf, naming the images (`indices` in the input): both give wrong
-    answers silently. Free on the meta device and under `torch.compile`.
-    """
+    """Refuse integer pixels and NaN or Inf ones (silent wrong answers), naming the images; free on meta, compiled."""
     if not batch.is_floating_point():
         raise ValueError(
             f"pixel_values hold {batch.dtype} values; the model takes the normalised float pixels that "
             "ConvLlavaProcessor (or ConvLlavaImageProcessor) makes from images, not raw pixel values."
         )
-    if batch.device.type != "meta" and not torch.compiler.is_compiling():
-        torch_compilable_check(
-            torch.isfinite(batch).all(),
-            lambda: (
-                f"pixel_values of image(s) {[i for i, image in zip(indices, batch) if not image.isfinite().all()]} "
-                "hold NaN or Inf values; every pixel must be a finite number."
-            ),
-        )
+    if batch.device.type != "meta" and not torch.compiler.is_compiling() and not batch.isfinite().all():
+        bad = [index for index, image in zip(indices, batch) if not image.isfinite().all()]
+        raise ValueError(f"pixel_values of image(s) {bad} hold NaN or Inf values; every pixel must be a finite number.")
 
 
 class ConvLlavaModel(ConvLlavaPreTrainedModel, LlavaModel):
@@ -112,32 +101,21 @@ class ConvLlavaModel(ConvLlavaPreTrainedModel, LlavaModel):
     @merge_with_config_defaults
     @can_return_tuple
     def get_image_features(
-        self,
-        pixel_values: torch.Tensor | list[torch.Tensor],
-        vision_feature_layer: int | None = None,
-        vision_feature_select_strategy: str | None = None,
-        image_sizes: torch.Tensor | list | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
+        self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, image_sizes=None, **kwargs
+    ) -> BaseModelOutputWithPooling | None:
         """
-        Encode and project images: a batch `(B, 3, H, W)` whose image `i` fills the top-left `image_sizes[i]`
-        (height, width) of the canvas (all of it when `image_sizes` is None), or a list of `(3, h, w)` tensors.
-        Each image is cropped to its size, so padding never changes its features; equal sizes are encoded together.
-
-        Returns, per image in input order: `pooler_output`, its `(h/64 * w/64, text_hidden_size)` projected
-        features; `last_hidden_state`, the same before the projector; with `output_hidden_states`, `hidden_states`
-        (stem, then each stage): the tower's `(B, C, h, w)` tensors when all images have one size, else per-image maps.
+        Encode and project a batch `(B, 3, H, W)` whose image `i` fills the top-left `image_sizes[i]` (height, width)
+        of the canvas (all of it without `image_sizes`), or a list of `(3, h, w)` tensors. Each image is cropped to
+        its size, so padding never changes its features; equal sizes are encoded together. Per image, in input order:
+        `pooler_output` `(h/64 * w/64, text_hidden_size)`, `last_hidden_state` the same before the projector; with
+        `output_hidden_states`, the tower's `hidden_states` (stem, then each stage; per-image maps for mixed sizes).
         """
         if pixel_values is None or len(pixel_values) == 0:  # text only, e.g. `generate(pixel_values=None)`
             return None
-        if image_sizes is None:
-            images = list(pixel_values)
-        else:
-            sizes = image_size_pairs(image_sizes, pixel_values)
-            images = [image[:, :height, :width] for image, (height, width) in zip(pixel_values, sizes)]
-        stride = self.config.vision_stride
-        indices_by_size = defaultdict(list)
+        images = list(pixel_values)
+        if image_sizes is not None:
+            images = [image[:, :h, :w] for image, (h, w) in zip(images, image_size_pairs(image_sizes, pixel_values))]
+        stride, indices_by_size = self.config.vision_stride, defaultdict(list)
         for index, image in enumerate(images):
             height, width = image.shape[-2:]
             if height % stride or width % stride or not height or not width:
@@ -145,55 +123,42 @@ class ConvLlavaModel(ConvLlavaPreTrainedModel, LlavaModel):
                     f"Image {index} is {height}x{width} pixels; both sides must be positive multiples of {stride}."
                 )
             indices_by_size[(height, width)].append(index)
-        output_hidden_states = output_hidden_states or False
+        layer, all_states = vision_feature_layer, kwargs.get("output_hidden_states") or False
         features, projected, maps = [None] * len(images), [None] * len(images), None
         for indices in indices_by_size.values():
             whole_batch = isinstance(pixel_values, torch.Tensor) and image_sizes is None
             batch = pixel_values if whole_batch else torch.stack([images[i] for i in indices])
             check_pixels(batch, indices)
             outputs = self.vision_tower(
-                batch.to(self.vision_tower.dtype),
-                output_hidden_states=output_hidden_states or vision_feature_layer != -1,
+                batch.to(self.vision_tower.dtype), output_hidden_states=all_states or layer != -1
             )
-            layer = vision_feature_layer
-            flat = (
-                (outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]).flatten(2).transpose(1, 2)
-            )
+            flat = (outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]).flatten(2).mT
             for index, image_features, image_projected in zip(indices, flat, self.multi_modal_projector(flat)):
                 features[index], projected[index] = image_features, image_projected
-            if output_hidden_states:
+            if all_states:
                 maps = maps or [[None] * len(images) for _ in outputs.hidden_states]
                 for layer_maps, layer_batch in zip(maps, outputs.hidden_states):
                     for index, image_map in zip(indices, layer_batch):
                         layer_maps[index] = image_map
         hidden_states = None
-        if output_hidden_states:
+        if all_states:
             hidden_states = outputs.hidden_states if len(indices_by_size) == 1 else tuple(map(tuple, maps))
         return BaseModelOutputWithPooling(
             last_hidden_state=tuple(features), pooler_output=tuple(projected), hidden_states=hidden_states
         )
 
-    def get_placeholder_mask(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
-    ) -> torch.Tensor:
-        """LLaVA's mask of the image-token positions, whose count check names both counts (unchecked on meta)."""
-        if input_ids is None:
-            image_embedding = self.get_input_embeddings()(
-                torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
-            )
-            mask = (inputs_embeds == image_embedding).all(-1)
-        else:
-            mask = input_ids == self.config.image_token_id
-        if mask.device.type != "meta":
-            num_tokens, num_features = mask.sum(), image_features.shape[0]
-            torch_compilable_check(
-                num_tokens == num_features,
-                lambda: (
-                    f"The input has {int(num_tokens)} image tokens (id {self.config.image_token_id}) but the images "
-                    f"give {num_features} image features; the processor expands each <image> to its image's tokens."
-                ),
-            )
-        return mask.unsqueeze(-1).to(inputs_embeds.device)
+    def get_placeholder_mask(self, input_ids, inputs_embeds: torch.Tensor, image_features: torch.Tensor):
+        """LLaVA's mask of the image-token positions; its count check names both counts, and is skipped on meta."""
+        if inputs_embeds.device.type == "meta":
+            return (input_ids == self.config.image_token_id).unsqueeze(-1)
+        try:
+            return super().get_placeholder_mask(input_ids, inputs_embeds, image_features)
+        except ValueError as error:
+            tokens = "" if input_ids is None else f" {int((input_ids == self.config.image_token_id).sum())}"
+            raise ValueError(
+                f"The input has{tokens} image tokens (id {self.config.image_token_id}) but the images give "
+                f"{image_features.shape[0]} image features; the processor expands each <image> to its image's tokens."
+            ) from error
 
 
 class ConvLlavaForConditionalGeneration(ConvLlavaPreTrainedModel, LlavaForConditionalGeneration):

@@ -262,3 +262,9 @@ def _by_numpy_passes(
         constant = resample_axis(axis, 0, side, None, len(outside) * 3, pad_line[outside].reshape(-1))
         output[:, outside] = constant.reshape(side, len(outside), 3)
     return PIL.Image.fromarray(output)
+
+
+def resized_padded_square(pixels: np.ndarray, side: int, colour: tuple[int, int, int], resample) -> np.ndarray:
+    """`pad_to_square_and_resize` of channels-first uint8 RGB `pixels`, as channels-first uint8 (3, side, side)."""
+    image = PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(pixels, 0, -1)))
+    return np.moveaxis(np.asarray(pad_to_square_and_resize(image, side, colour, PIL.Image.Resampling(resample))), -1, 0)

@@ -10,11 +10,7 @@ from .configuration_conv_llava import VISION_STRIDE, num_visual_tokens
 from .image_processing_conv_llava import ConvLlavaImageProcessor, auto_map_in_files_only
 
 #: The `LlavaProcessor` settings of ConvLLaVA's tower: one token per 64x64 pixels, no CLS or other extra token.
-LLAVA_SETTINGS = {
-    "patch_size": VISION_STRIDE,
-    "vision_feature_select_strategy": "full",
-    "num_additional_image_tokens": 0,
-}
+LLAVA_SETTINGS = dict(patch_size=VISION_STRIDE, vision_feature_select_strategy="full", num_additional_image_tokens=0)
 
 
 def add_image_token(tokenizer, image_token: str = "<image>") -> None:
@@ -25,42 +21,36 @@ def add_image_token(tokenizer, image_token: str = "<image>") -> None:
 
 class ConvLlavaProcessor(LlavaProcessor):
     r"""
-    A [`LlavaProcessor`] whose image processor is a [`ConvLlavaImageProcessor`]: each `<image>` becomes one image token
-    per 64x64 pixels of that image's content (`image_sizes`), so every "preserve" image gets its own count. The
-    tokenizer that `convllava-convert` writes tokenises whole prompts as the original ConvLLaVA did (see
-    `convllava_hf.whole_prompt_tokenizer`); `image_token` is added to a tokenizer that lacks it, as a special token.
-    A stock `fast_vlm` folder's `LlavaProcessor` settings load too.
+    A [`LlavaProcessor`] with a [`ConvLlavaImageProcessor`]: each `<image>` becomes one image token per 64x64 pixels
+    of its image's content (`image_sizes`), so every "preserve" image gets its own count. `convllava-convert` writes
+    the tokenizer that tokenises whole prompts as the original did (`convllava_hf.whole_prompt_tokenizer`). A stock
+    `fast_vlm` folder's `LlavaProcessor` settings load too.
     """
 
     def __init__(
         self,
         image_processor=None,
         tokenizer=None,
-        patch_size: int = VISION_STRIDE,
-        vision_feature_select_strategy: str = "full",
-        chat_template: str | None = None,
-        image_token: str = "<image>",
-        num_additional_image_tokens: int = 0,
+        patch_size=VISION_STRIDE,
+        vision_feature_select_strategy="full",
+        chat_template=None,
+        image_token="<image>",
+        num_additional_image_tokens=0,
         **kwargs,
     ):
-        given = {
-            "patch_size": patch_size,
-            "vision_feature_select_strategy": vision_feature_select_strategy,
-            "num_additional_image_tokens": num_additional_image_tokens,
-        }
+        kwargs.update(patch_size=patch_size, vision_feature_select_strategy=vision_feature_select_strategy)
+        kwargs.update(num_additional_image_tokens=num_additional_image_tokens)
         for key, expected in LLAVA_SETTINGS.items():
-            if given[key] != expected:
+            if kwargs[key] != expected:
                 raise ValueError(
-                    f"{key}={given[key]!r}, but ConvLLaVA needs {key}={expected!r} (one image token per 64x64 pixels "
+                    f"{key}={kwargs[key]!r}, but ConvLLaVA needs {key}={expected!r} (one image token per 64x64 pixels "
                     "of the last ConvNeXt stage, no extra tokens)."
                 )
         if not hasattr(image_processor, "content_size"):  # a stock folder's LlavaImageProcessorPil
             settings = {key: value for key, value in image_processor.to_dict().items() if key != "image_processor_type"}
             image_processor = ConvLlavaImageProcessor(**settings)
         add_image_token(tokenizer, image_token)
-        super().__init__(
-            image_processor, tokenizer, chat_template=chat_template, image_token=image_token, **given, **kwargs
-        )
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, image_token=image_token, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers saves; `auto_map` goes into the files only, so `to_dict()` is the same after a reload."""
@@ -86,12 +76,8 @@ class ConvLlavaProcessor(LlavaProcessor):
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """The base checks, plus: images given per text (a nested list) need one row per text, one per marker."""
         super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
-        if (
-            text is not None
-            and isinstance(images, (list, tuple))
-            and images
-            and all(isinstance(row, (list, tuple)) for row in images)
-        ):
+        nested = isinstance(images, (list, tuple)) and images and all(isinstance(row, (list, tuple)) for row in images)
+        if text is not None and nested:
             rows, markers = [len(row) for row in images], [sample.count(self.image_token) for sample in text]
             if rows != markers:
                 raise ValueError(
@@ -104,28 +90,27 @@ class ConvLlavaProcessor(LlavaProcessor):
         try:
             super()._check_special_mm_tokens(text, text_inputs, modalities)
         except ValueError as error:
+            token, token_id, keeps_start = (
+                self.image_token,
+                self.image_token_id,
+                self.tokenizer.truncation_side == "right",
+            )
             for index, (sample, ids) in enumerate(zip(text, text_inputs["input_ids"])):
                 ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
                 full = self.tokenizer(sample, add_special_tokens=self.tokenizer.bos_token_id in ids)["input_ids"]
-                kept, positions = (
-                    ids.count(self.image_token_id),
-                    [i for i, t in enumerate(full) if t == self.image_token_id],
-                )
-                if kept == len(positions):
-                    continue
-                keeps_start = self.tokenizer.truncation_side == "right"
-                first_lost = kept if keeps_start else len(positions) - kept - 1  # among the text's image tokens
-                runs = [
-                    len(run) // len(self.image_token)
-                    for run in re.findall(f"(?:{re.escape(self.image_token)})+", sample)
-                ]
-                image = next(i for i, end in enumerate(itertools.accumulate(runs)) if end > first_lost)
-                needed = positions[-1] + 1 if keeps_start else len(full) - positions[0]
-                raise ValueError(
-                    f"Truncating text {index} to {len(ids)} tokens would cut into the tokens of its image {image} "
-                    f"(counting from 0): the text is {len(full)} tokens long, {len(positions)} of them image tokens, "
-                    f"and only {kept} of those would be kept. Use max_length >= {needed} or truncation=False."
-                ) from error
+                kept, positions = ids.count(token_id), [i for i, t in enumerate(full) if t == token_id]
+                if kept != len(positions):
+                    lost = kept if keeps_start else len(positions) - kept - 1  # the first lost, among image tokens
+                    runs = itertools.accumulate(
+                        len(run) // len(token) for run in re.findall(f"(?:{re.escape(token)})+", sample)
+                    )
+                    image = next(i for i, end in enumerate(runs) if end > lost)
+                    raise ValueError(
+                        f"Truncating text {index} to {len(ids)} tokens would cut into the tokens of its image {image} "
+                        f"(counting from 0): the text is {len(full)} tokens long, {len(positions)} of them image "
+                        f"tokens, and only {kept} of those would be kept. Use max_length >= "
+                        f"{positions[-1] + 1 if keeps_start else len(full) - positions[0]} or truncation=False."
+                    ) from error
             raise
 
 
