@@ -63,7 +63,7 @@ def text_config(tiny: bool) -> dict:
 def convllava_config(resolution: int, tiny: bool = False) -> ConvLlavaConfig:
     """ConvLLaVA-`resolution` (the released ConvNeXt-L + fifth stage, Vicuna-7B)."""
     vision = {"vision_config": dict(TINY_CONVNEXT)} if tiny else {}
-    return ConvLlavaConfig.for_resolution(resolution, text_config=text_config(tiny), **vision)
+    return ConvLlavaConfig(image_resolution=resolution, text_config=text_config(tiny), **vision)
 
 
 def llava15_config(tiny: bool = False) -> LlavaConfig:

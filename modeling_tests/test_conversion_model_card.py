@@ -21,8 +21,8 @@ LLM_SHARDS = sorted((FIXTURE_DIR / "llm").glob("pytorch_model-*.bin"))
 def card(
     resolution: int, sources=("ConvLLaVA/ConvLLaVA-sft-1536", "ConvLLaVA/ConvLLaVA-ConvNeXt-1536"), notes=()
 ) -> str:
-    config = ConvLlavaConfig.for_resolution(
-        resolution, text_config={"model_type": "llama", "vocab_size": 32064, "dtype": torch.bfloat16}
+    config = ConvLlavaConfig(
+        image_resolution=resolution, text_config={"model_type": "llama", "vocab_size": 32064, "dtype": torch.bfloat16}
     )
     return render_model_card(config, list(sources), [s for s in sources if "/" in s], 32000, list(notes))
 

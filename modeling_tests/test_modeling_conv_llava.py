@@ -48,7 +48,7 @@ def stock_image_features(model: ConvLlavaForConditionalGeneration, pixels: torch
 
 @pytest.mark.parametrize(("resolution", "tokens"), [(768, 144), (1024, 256), (1536, 576)])
 def test_released_resolutions_give_144_256_576_visual_tokens(resolution, tokens):
-    config = ConvLlavaConfig.for_resolution(resolution)
+    config = ConvLlavaConfig(image_resolution=resolution)
     assert config.image_seq_length == tokens
     batch, channels, rows, columns = full_size_token_grid(resolution, resolution)
     assert (batch, channels, rows * columns) == (1, 3072, tokens)

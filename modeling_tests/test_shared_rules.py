@@ -42,10 +42,6 @@ def refuse_in_config(resolution: int, tmp_path: Path) -> None:
     ConvLlavaConfig(image_resolution=resolution)
 
 
-def refuse_in_config_for_resolution(resolution: int, tmp_path: Path) -> None:
-    ConvLlavaConfig.for_resolution(resolution)
-
-
 def refuse_in_image_processor(resolution: int, tmp_path: Path) -> None:
     ConvLlavaImageProcessor(resolution=resolution)
 
@@ -91,7 +87,7 @@ def refuse_in_checkpoint_converter(resolution: int, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "entry_point",
     [
-        refuse_in_config, refuse_in_config_for_resolution, refuse_in_image_processor, refuse_in_image_processor_call,
+        refuse_in_config, refuse_in_image_processor, refuse_in_image_processor_call,
         refuse_in_content_size, refuse_in_num_image_tokens, refuse_in_laion_converter_cli,
         refuse_in_checkpoint_converter,
     ],

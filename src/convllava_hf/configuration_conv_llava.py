@@ -10,17 +10,13 @@ from transformers.configuration_utils import SubConfigSpec
 #: Version of the remote-code modules, saved as `convllava_code_version`; older modules refuse a newer folder.
 CONVLLAVA_CODE_VERSION = 1
 #: The Auto classes of a folder holding `modeling_conv_llava.py` (its `auto_map`), mapped as LLaVA is.
-MODEL_AUTO_MAP = {
-    "AutoModel": "modeling_conv_llava.ConvLlavaModel",
-    **dict.fromkeys(
-        ("AutoModelForImageTextToText", "AutoModelForMultimodalLM", "AutoModelForPreTraining"),
-        "modeling_conv_llava.ConvLlavaForConditionalGeneration",
-    ),
-}
+MODEL_AUTO_MAP = {"AutoModel": "modeling_conv_llava.ConvLlavaModel"} | dict.fromkeys(
+    ("AutoModelForImageTextToText", "AutoModelForMultimodalLM", "AutoModelForPreTraining"),
+    "modeling_conv_llava.ConvLlavaForConditionalGeneration",
+)
 #: Total stride of the five-stage ConvNeXt (stem 4, four stride-2 downsamplings): one visual token per 64x64 pixels.
 VISION_STRIDE = 64
-#: The stock layout's model type, and the key under which its config keeps `image_resolution`.
-STOCK_MODEL_TYPE, STASH_KEY = "fast_vlm", "convllava_layout"
+STOCK_MODEL_TYPE, STASH_KEY = "fast_vlm", "convllava_layout"  # a stock config keeps image_resolution under STASH_KEY
 #: The LAION CLIP ConvNeXt-Large trunk (stages 1-4) plus ConvLLaVA's trained fifth stage.
 CONVNEXT_LARGE_5_STAGE = dict(num_stages=5, depths=[3, 3, 27, 3, 6], hidden_sizes=[192, 384, 768, 1536, 3072])
 CONVNEXT_LARGE_5_STAGE.update(patch_size=4, hidden_act="gelu", image_size=1536)
@@ -78,10 +74,9 @@ class ConvLlavaConfig(LlavaConfig):
         if self.convllava_code_version > CONVLLAVA_CODE_VERSION:
             raise ValueError(
                 f"This ConvLLaVA config was written by ConvLLaVA code version {self.convllava_code_version}, newer "
-                f"than the code loading it ({__file__}, version {CONVLLAVA_CODE_VERSION}). With the convllava-hf "
-                "package: upgrade it (pip install -U convllava-hf). With trust_remote_code=True: the folder's *.py "
-                "modules are stale; re-run `convllava-add-remote-code FOLDER` with the convllava-hf that wrote it "
-                "and upload the *.py files with the config."
+                f"than the code loading it ({__file__}, version {CONVLLAVA_CODE_VERSION}). Package: upgrade it; "
+                "with trust_remote_code=True, the folder's *.py modules are stale: re-run `convllava-add-remote-code "
+                "FOLDER` with the convllava-hf that wrote it and upload the *.py files with the config."
             )
         self.convllava_code_version = CONVLLAVA_CODE_VERSION
         super().__post_init__(**kwargs)
@@ -132,11 +127,6 @@ class ConvLlavaConfig(LlavaConfig):
         if any(str(reference).startswith("modeling_conv_llava.") for reference in auto_map.values()):
             self.auto_map = {**auto_map, **MODEL_AUTO_MAP}
         super().save_pretrained(save_directory, push_to_hub, **kwargs)
-
-    @classmethod
-    def for_resolution(cls, resolution: int, **kwargs) -> "ConvLlavaConfig":
-        """The ConvLLaVA-768 / -1024 / -1536 variant (any multiple of 64), other fields as given or default."""
-        return cls(image_resolution=resolution, **kwargs)
 
     @property
     def vision_feature_size(self) -> int:

@@ -1,10 +1,8 @@
 """
 Image processor of ConvLLaVA: LLaVA's (PIL backend), whose `do_pad` path is the original "pad" pipeline bit for bit,
-plus "preserve" (the image's aspect ratio, zero padding). The convllava-hf package plugs in its extras (see
-`image_files`): image files open with its checks and messages, and thin images are padded without the whole square.
+plus "preserve" (aspect ratio kept, zero padding). The package plugs in its file checks and thin-image resizing.
 """
 
-import contextlib
 import os
 
 import numpy as np
@@ -22,22 +20,9 @@ from .configuration_conv_llava import VISION_STRIDE, check_resolution, num_visua
 logger = logging.get_logger(__name__)
 
 ASPECT_RATIO_MODES = ("pad", "preserve")
-SETTINGS_HINT = (
-    "Set `resolution` (the canvas side, a multiple of 64) and `image_aspect_ratio` ('pad' to a square of the mean "
-    "colour, or 'preserve', which keeps the aspect ratio) instead."
-)
+SETTINGS_HINT = "Set `resolution` (a multiple of 64) and `image_aspect_ratio` ('pad' or 'preserve') instead."
 #: Up to this longer side, "pad" builds the square as LLaVA does; beyond, the package resizes it without building it.
 MAX_SQUARE_SIDE = 4096
-
-
-@contextlib.contextmanager
-def auto_map_in_files_only(*objects):
-    """Drop the `auto_map` that `save_pretrained` sets on `objects`: it belongs in the files; `to_dict()` stays."""
-    try:
-        yield
-    finally:
-        for obj in objects:
-            obj.__dict__.pop("auto_map", None)
 
 
 def check_settings(resolution: object, image_aspect_ratio: object) -> None:
@@ -82,16 +67,11 @@ def canvas_settings(kwargs: dict) -> dict:
 
 class ConvLlavaImageProcessor(LlavaImageProcessorPil):
     r"""
-    [`LlavaImageProcessorPil`] on a `resolution` x `resolution` canvas (default 1536, a multiple of 64), in one of
-    two `image_aspect_ratio` modes:
-
-    - `"pad"` (default; the released models'): LLaVA's `do_pad` path, the original pipeline: the image centred on a
-      square of the mean colour, resized (bicubic) and normalised; `(resolution / 64) ** 2` visual tokens.
-    - `"preserve"`: resized so that its longer side is `resolution`, each side rounded to the nearest multiple of 64
-      (halves up, within `[64, resolution]`), normalised, zero-padded at the bottom and right; `(h / 64) * (w / 64)`.
-
-    `image_sizes` holds each image's content `(height, width)`; the model encodes only that top-left region. Other
-    settings are LLaVA's (`image_mean`, `image_std`, `resample`, ...); `size` and `crop_size` follow `resolution`.
+    [`LlavaImageProcessorPil`] on a `resolution` x `resolution` canvas (default 1536, a multiple of 64). With
+    `image_aspect_ratio="pad"` (default, the released models'), LLaVA's `do_pad` path: the original pipeline. With
+    `"preserve"`, LLaVA's resize to the longer side `resolution`, each side rounded to a multiple of 64 (halves up,
+    within `[64, resolution]`), then zero padding at the bottom and right. `image_sizes` holds each image's content
+    `(height, width)`, the region the model encodes; `size` and `crop_size` follow `resolution`.
     """
 
     valid_kwargs = ConvLlavaImageProcessorKwargs
@@ -111,9 +91,11 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         return {**settings, "size": {"shortest_edge": side}, "crop_size": dict(height=side, width=side), "do_pad": pad}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """As transformers saves; `auto_map` goes into the files only (see `auto_map_in_files_only`)."""
-        with auto_map_in_files_only(self):
+        """As transformers saves; the `auto_map` it sets goes into the files only, so `to_dict()` stays the same."""
+        try:
             return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__dict__.pop("auto_map", None)
 
     def preprocess(self, images, *args, **kwargs: Unpack[ConvLlavaImageProcessorKwargs]) -> BatchFeature:
         """As in transformers; `size` / `crop_size` set the `resolution` of this call."""
@@ -160,7 +142,7 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
         if str(getattr(image, "dtype", "")) == "torch.bfloat16":
             image = image.float()  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
         if kwargs.get("do_rescale") is False and not isinstance(image, PIL.Image.Image):
-            if is_scaled_image(np.asarray(image, dtype=np.float32)):
+            if is_scaled_image(np.asarray(image, dtype=np.float32)):  # silently 255 times too large otherwise
                 logger.warning_once(
                     "It looks like you are passing images with pixel values between 0 and 1 and do_rescale=False. They "
                     "become 8-bit (x255) like the original's images: leave do_rescale=True to bring them back to 0..1."

@@ -32,10 +32,7 @@ class ConvLlavaPreTrainedModel(LlavaPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """
-        As transformers loads, a `BitsAndBytesConfig`'s `llm_int8_skip_modules` defaulting to `bnb_skip_modules`.
-        transformers has no model-level default for it (`_keep_in_fp32_modules` also upcasts fp16 loads).
-        """
+        """As transformers loads, a `BitsAndBytesConfig`'s unset `llm_int8_skip_modules` being `bnb_skip_modules`."""
         quantization = kwargs.get("quantization_config")
         if isinstance(quantization, dict):
             quantization = AutoQuantizationConfig.from_dict(quantization)
@@ -51,16 +48,11 @@ class ConvLlavaPreTrainedModel(LlavaPreTrainedModel):
         return super().set_attn_implementation({**attn_implementation, "vision_config": "eager"}, **kwargs)
 
 
-@torch.compiler.disable(reason="the sizes decide each crop: under fullgraph, pass image_sizes as a list of ints")
-def sizes_on_host(image_sizes: torch.Tensor) -> list:
-    """`image_sizes.tolist()`, always eager: a graph break under `torch.compile`, which `fullgraph=True` refuses."""
-    return image_sizes.tolist()
-
-
 def image_size_pairs(image_sizes: torch.Tensor | list, pixel_values: torch.Tensor) -> list[tuple[int, int]]:
     """`image_sizes` as one (height, width) pair of positive ints per image, within the `pixel_values` canvas."""
-    rows = sizes_on_host(image_sizes) if isinstance(image_sizes, torch.Tensor) else image_sizes
-    canvas = tuple(pixel_values.shape[-2:])
+    rows, canvas = image_sizes, tuple(pixel_values.shape[-2:])
+    if isinstance(image_sizes, torch.Tensor):  # the sizes decide each crop: read on the host, a graph break
+        rows = torch.compiler.disable(image_sizes.tolist, reason="fullgraph: pass image_sizes as a list of ints")()
     try:
         pairs = [(operator.index(height), operator.index(width)) for height, width in rows]
     except (TypeError, ValueError):
@@ -104,11 +96,9 @@ class ConvLlavaModel(ConvLlavaPreTrainedModel, LlavaModel):
         self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, image_sizes=None, **kwargs
     ) -> BaseModelOutputWithPooling | None:
         """
-        Encode and project a batch `(B, 3, H, W)` whose image `i` fills the top-left `image_sizes[i]` (height, width)
-        of the canvas (all of it without `image_sizes`), or a list of `(3, h, w)` tensors. Each image is cropped to
-        its size, so padding never changes its features; equal sizes are encoded together. Per image, in input order:
-        `pooler_output` `(h/64 * w/64, text_hidden_size)`, `last_hidden_state` the same before the projector; with
-        `output_hidden_states`, the tower's `hidden_states` (stem, then each stage; per-image maps for mixed sizes).
+        Per image of a batch `(B, 3, H, W)` cropped to `image_sizes[i]` (or of a list of `(3, h, w)` tensors), in input
+        order: `pooler_output` `(h/64 * w/64, text_hidden_size)`, `last_hidden_state` before the projector and, with
+        `output_hidden_states`, the tower's `hidden_states` (per-image maps for mixed sizes). Equal sizes share a batch.
         """
         if pixel_values is None or len(pixel_values) == 0:  # text only, e.g. `generate(pixel_values=None)`
             return None

@@ -7,7 +7,7 @@ from transformers import AddedToken, LlavaProcessor
 from transformers.processing_utils import MultiModalData
 
 from .configuration_conv_llava import VISION_STRIDE, num_visual_tokens
-from .image_processing_conv_llava import ConvLlavaImageProcessor, auto_map_in_files_only
+from .image_processing_conv_llava import ConvLlavaImageProcessor
 
 #: The `LlavaProcessor` settings of ConvLLaVA's tower: one token per 64x64 pixels, no CLS or other extra token.
 LLAVA_SETTINGS = dict(patch_size=VISION_STRIDE, vision_feature_select_strategy="full", num_additional_image_tokens=0)
@@ -21,10 +21,8 @@ def add_image_token(tokenizer, image_token: str = "<image>") -> None:
 
 class ConvLlavaProcessor(LlavaProcessor):
     r"""
-    A [`LlavaProcessor`] with a [`ConvLlavaImageProcessor`]: each `<image>` becomes one image token per 64x64 pixels
-    of its image's content (`image_sizes`), so every "preserve" image gets its own count. `convllava-convert` writes
-    the tokenizer that tokenises whole prompts as the original did (`convllava_hf.whole_prompt_tokenizer`). A stock
-    `fast_vlm` folder's `LlavaProcessor` settings load too.
+    A [`LlavaProcessor`] with a [`ConvLlavaImageProcessor`]: each `<image>` becomes one token per 64x64 pixels of its
+    image's content (`image_sizes`). `convllava-convert` writes the original-exact tokenizer; stock folders load too.
     """
 
     def __init__(
@@ -54,8 +52,10 @@ class ConvLlavaProcessor(LlavaProcessor):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers saves; `auto_map` goes into the files only, so `to_dict()` is the same after a reload."""
-        with auto_map_in_files_only(self, self.image_processor):
+        try:
             return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__dict__.pop("auto_map", None), self.image_processor.__dict__.pop("auto_map", None)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         """`"<image>" * n`: one image token per 64x64 pixels of the image's content size (`image_sizes`)."""
@@ -68,9 +68,7 @@ class ConvLlavaProcessor(LlavaProcessor):
             return MultiModalData()
         images_kwargs = self._merge_kwargs(**kwargs)["images_kwargs"]
         resolution, mode = images_kwargs.get("resolution"), images_kwargs.get("image_aspect_ratio")
-        tokens = [
-            self.image_processor.num_image_tokens(height, width, resolution, mode) for height, width in image_sizes
-        ]
+        tokens = [self.image_processor.num_image_tokens(h, w, resolution, mode) for h, w in image_sizes]
         return MultiModalData(num_image_tokens=tokens, num_image_patches=[1] * len(image_sizes))
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
@@ -90,21 +88,18 @@ class ConvLlavaProcessor(LlavaProcessor):
         try:
             super()._check_special_mm_tokens(text, text_inputs, modalities)
         except ValueError as error:
-            token, token_id, keeps_start = (
-                self.image_token,
-                self.image_token_id,
-                self.tokenizer.truncation_side == "right",
-            )
+            token, token_id = self.image_token, self.image_token_id
+            keeps_start = self.tokenizer.truncation_side == "right"
             for index, (sample, ids) in enumerate(zip(text, text_inputs["input_ids"])):
                 ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
                 full = self.tokenizer(sample, add_special_tokens=self.tokenizer.bos_token_id in ids)["input_ids"]
                 kept, positions = ids.count(token_id), [i for i, t in enumerate(full) if t == token_id]
                 if kept != len(positions):
                     lost = kept if keeps_start else len(positions) - kept - 1  # the first lost, among image tokens
-                    runs = itertools.accumulate(
-                        len(run) // len(token) for run in re.findall(f"(?:{re.escape(token)})+", sample)
+                    runs = re.findall(f"(?:{re.escape(token)})+", sample)  # one run of image tokens per image
+                    image = next(
+                        i for i, end in enumerate(itertools.accumulate(map(len, runs))) if end > lost * len(token)
                     )
-                    image = next(i for i, end in enumerate(runs) if end > lost)
                     raise ValueError(
                         f"Truncating text {index} to {len(ids)} tokens would cut into the tokens of its image {image} "
                         f"(counting from 0): the text is {len(full)} tokens long, {len(positions)} of them image "
