@@ -7,18 +7,20 @@ from transformers import TextIteratorStreamer, TextStreamer
 
 class _TokenTimes:
     """
-    Makes a `TextStreamer` skip the prompt and record in `token_times` when each new token arrives. Only `put` is
-    overridden: the streamers hand on text, which cannot count tokens (a token may release no text, `end` releases
-    text of its own), and an iterator's reader sees the text later than the generating thread made it.
+    Makes a `TextStreamer` skip the prompt and record each new token's id (`token_ids`) and arrival (`token_times`).
+    Only `put` is overridden: the streamers hand on text, which cannot count tokens (a token may release no text, `end`
+    releases text of its own), and an iterator's reader sees the text later than the generating thread made it.
     """
 
     def __init__(self, tokenizer, **kwargs):
         super().__init__(tokenizer, skip_prompt=True, **kwargs)
         self.token_times: list[float] = []
+        self.token_ids: list[int] = []
 
     def put(self, value) -> None:
         if not self.next_tokens_are_prompt:
             self.token_times.append(time.perf_counter())
+            self.token_ids.extend(value.reshape(-1).tolist())
         super().put(value)
 
     def timings(self, started_at: float) -> tuple[float | None, float | None]:

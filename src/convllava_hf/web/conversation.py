@@ -158,7 +158,7 @@ def stream_answer(
     token_timeout: float = 600.0,
 ) -> Iterator[AnswerProgress]:
     """
-    Generate in a background thread and yield the answer as `TextIteratorStreamer` releases it, once per token (and
+    Generate in a background thread and yield the answer each time `TextIteratorStreamer` hands on a token (and
     once at the end); the last progress (`done`) holds the answer decoded from the ids `generate` returned. Setting
     `stop`, or closing the iterator, ends generation after the current token. Timings count from `started_at` (a
     `time.perf_counter()` value taken when the request arrived); `token_timeout` seconds without a token raise
@@ -182,8 +182,9 @@ def stream_answer(
     worker.start()
     progress = AnswerProgress(text="")
     try:
-        for text in streamer:
-            progress.text += text
+        for _ in streamer:  # one item per token; the text shown is the answer's ids decoded so far, since the
+            # streamer holds back text after a punctuation mark until the next space (a whole word-less answer)
+            progress.text = processor.decode(list(streamer.token_ids), skip_special_tokens=True)
             _update_timings(progress, streamer, started_at)
             yield progress
         worker.join()
