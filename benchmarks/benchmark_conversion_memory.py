@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT / "src"))
 from _common import RESULTS_DIR, write_json  # noqa: E402
 from convllava_hf import ConvLlavaConfig  # noqa: E402
 from convllava_hf.conversion.laion_convnext import clip_preprocessor_config  # noqa: E402
-from convllava_hf.conversion.weight_plan import expected_parameters  # noqa: E402
+from convllava_hf.conversion.weight_plan import POOLING_LAYERNORM, expected_parameters  # noqa: E402
 from model_shapes import TINY_CONVNEXT, TINY_LLAMA  # noqa: E402
 
 FIXTURE_LLM = REPO_ROOT / "modeling_tests" / "fixtures" / "original-tiny" / "llm"
@@ -89,7 +89,11 @@ def random_bf16(shape: tuple[int, ...]) -> torch.Tensor:
 
 def write_weights(llm: Path, vision: Path, config: ConvLlavaConfig) -> int:
     """Random bf16 weights in the original layout, one shard in memory at a time; returns their total bytes."""
-    shapes = {original_name(name): shape for name, shape in expected_parameters(config).items()}
+    shapes = {  # the original checkpoints lack the pooling layernorm ConvLLaVA never applies
+        original_name(name): shape
+        for name, shape in expected_parameters(config).items()
+        if name not in POOLING_LAYERNORM
+    }
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         shapes[name] = (ORIGINAL_VOCAB, shapes[name][1])
     vision_names = [name for name in shapes if name.startswith(("embeddings.", "encoder."))]

@@ -42,9 +42,8 @@ def write_checkpoint_folder(folder: Path, tiny: bool) -> Path:
     """
     resolution = TINY_RESOLUTION if tiny else 1536
     processor = processor_from_original(FIXTURE_DIR / "llm", FIXTURE_DIR / "vision", resolution=resolution)
-    config = convllava_config(1536, tiny)
+    config = convllava_config(resolution, tiny)
     config.image_token_index = processor.image_token_id
-    config.image_resolution = resolution
     if tiny:  # vLLM's CPU attention needs head sizes of at least 32
         config.text_config.num_attention_heads = config.text_config.num_key_value_heads = 2
         config.text_config.head_dim = config.text_config.hidden_size // 2

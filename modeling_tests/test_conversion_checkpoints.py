@@ -12,6 +12,7 @@ from transformers import AutoModelForImageTextToText
 
 from convllava_hf.conversion import ConversionError, convert_checkpoint, safetensors_writer
 from convllava_hf.conversion.checkpoint_reader import load_weights
+from convllava_hf.conversion.weight_plan import POOLING_LAYERNORM
 from tiny_models import FIXTURE_DIR
 
 LLM_SHARDS = sorted((FIXTURE_DIR / "llm").glob("pytorch_model-*.bin"))
@@ -99,7 +100,11 @@ def test_weights_are_copied_unchanged_and_new_vocab_rows_are_the_mean(reference_
     assert all(
         torch.equal(reference_conversion[f"model.vision_tower.{name}"], tensor) for name, tensor in vision.items()
     )
-    assert len(reference_conversion) == len(original) + len(vision)
+    pooling = {name: reference_conversion[name] for name in POOLING_LAYERNORM}  # never applied: identity weights
+    assert torch.equal(pooling[POOLING_LAYERNORM[0]], torch.ones(64)) and torch.equal(
+        pooling[POOLING_LAYERNORM[1]], torch.zeros(64)
+    )
+    assert len(reference_conversion) == len(original) + len(vision) + len(pooling)
 
 
 def test_small_max_shard_size_gives_shards_and_an_index_that_cover_every_tensor(tmp_path, reference_conversion):
@@ -256,14 +261,9 @@ def test_select_layer_minus_two_drops_the_block_the_original_deletes(tmp_path, r
     torch.save({**state, **extra}, vision / "pytorch_model.bin")
     output = convert(llm, tmp_path / "out", vision=vision, layout=layout)
     tensors = converted_tensors(output)
-    if layout == "fast_vlm":  # the stock layout's identity final layernorm, in a file of its own
-        assert (
-            load_file(output / "vision_tower_layernorm.safetensors").keys()
-            == tensors.keys() - reference_conversion.keys()
-        )
+    if layout == "fast_vlm":  # stock transformers loads it, every weight in place
         _, info = AutoModelForImageTextToText.from_pretrained(output, output_loading_info=True)
         assert not any(info.values())
-        tensors = {name: tensors[name] for name in reference_conversion}
     assert tensors.keys() == reference_conversion.keys()
     assert all(torch.equal(tensors[name], reference_conversion[name]) for name in tensors)
 

@@ -78,7 +78,7 @@ def test_push_to_hub_uploads_the_finished_folder(tmp_path, monkeypatch):
     assert calls[0] == ("create_repo", "someone/convllava-tiny", {"repo_type": "model", "exist_ok": True})
     assert calls[1][:2] == ("upload_folder", "someone/convllava-tiny")
     # the default layout is the stock one: what a Hub user loads with plain transformers
-    assert {"README.md", "config.json", "model.safetensors.index.json", "vision_tower_layernorm.safetensors"} <= set(
+    assert {"README.md", "config.json", "model.safetensors", "processor_config.json"} <= set(
         calls[1][2]
     )
     assert not [name for name in calls[1][2] if name.endswith(".py")]

@@ -6,9 +6,9 @@
 * `conv_llava`: this package's `ConvLlavaForConditionalGeneration` and `ConvLlavaProcessor`, with their module files
   (`auto_map`), so it also loads with `trust_remote_code=True`.
 
-The weights keep their names and bytes. The stock layout adds the ConvNeXt's final `layernorm` as identity weights in a
-file of its own, because stock `ConvNextModel` has that module (FastVLM never applies it) and vLLM refuses missing
-weights. Converting back removes exactly what was added, so a round trip gives back the same files, byte for byte.
+The weights keep their names and bytes. Both layouts hold `ConvNextModel`'s pooling `layernorm` as identity weights
+(never applied; vLLM refuses missing weights). A folder converted before it was written lacks it: the stock layout
+adds it in a file of its own, and converting back removes exactly that, so a round trip gives back the same files.
 """
 
 import argparse

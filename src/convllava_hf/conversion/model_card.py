@@ -222,8 +222,8 @@ Converted from: {", ".join(f"`{source}`" for source in sources)}.
 {usage_section(dtype, resolution, layout)}## Conversion details
 
 - Weights are unchanged apart from the dtype. Parameter names are the same in both layouts (`model.vision_tower.*`,
-  `model.multi_modal_projector.linear_1/2.*`, `model.language_model.*`, `lm_head.*`); the `fast_vlm` layout adds the
-  ConvNeXt's final `layernorm` as identity weights (`vision_tower_layernorm.safetensors`), which FastVLM never applies.
+  `model.multi_modal_projector.linear_1/2.*`, `model.language_model.*`, `lm_head.*`); both hold the ConvNeXt's
+  pooling `layernorm` as identity weights, which ConvLLaVA and FastVLM never apply.
 - `<image>` was added to the tokenizer as id {config.image_token_index}. The input embeddings and `lm_head` were
   grown from {original_vocab_size} to {padded} rows (the next multiple of 64, like the llava-hf models); every new row
   (`<image>` and {padded - original_vocab_size - 1} padding rows) is the **mean of the original rows**. Each new

@@ -1,7 +1,7 @@
 """Which converted tensor comes from which original tensor, checked against the model's own parameter list."""
 
+import functools
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable
 
@@ -18,6 +18,9 @@ from .safetensors_writer import PlannedTensor
 
 logger = logging.getLogger(__name__)
 
+#: ConvNextModel's pooling layernorm, which ConvLLaVA never applies and the original checkpoints lack. It is written
+#: as identity weights, so that both layouts hold every weight of the model (vLLM refuses uninitialised weights).
+POOLING_LAYERNORM = ("model.vision_tower.layernorm.weight", "model.vision_tower.layernorm.bias")
 #: The dtypes a converted checkpoint can have; a float64 checkpoint is written as float32.
 OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -46,18 +49,10 @@ def output_dtype(llm: CheckpointReader, vision: CheckpointReader, requested: tor
 
 
 def expected_parameters(config: ConvLlavaConfig) -> dict[str, tuple[int, ...]]:
-    """
-    Name -> shape of every tensor `ConvLlavaForConditionalGeneration(config)` loads (built on the meta device), but
-    the ConvNeXt's pooling `layernorm`, which ConvLLaVA never applies and the original checkpoints lack.
-    """
+    """Name -> shape of every tensor `ConvLlavaForConditionalGeneration(config)` loads (built on the meta device)."""
     with torch.device("meta"):
         model = ConvLlavaForConditionalGeneration(config)
-    ignored = tuple(model._keys_to_ignore_on_load_missing)
-    return {
-        name: tuple(tensor.shape)
-        for name, tensor in model.state_dict().items()
-        if not any(re.search(pattern, name) for pattern in ignored)
-    }
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 def _loader(
@@ -84,7 +79,7 @@ def plan_weights(
     kept_vision = [name for name in vision.specs if not (dropped and name.startswith(dropped))]
     sources.update({new: (vision, old) for old, new in map_vision_keys(kept_vision).items()})
     expected = expected_parameters(conversion.config)
-    missing = [name for name in expected if name not in sources]
+    missing = [name for name in expected if name not in sources and name not in POOLING_LAYERNORM]
     if missing:
         raise ConversionError(f"The original checkpoint lacks tensor(s) the model needs: {', '.join(missing)}.")
     unexpected = [sources[name][1] for name in sources if name not in expected]
@@ -106,4 +101,7 @@ def plan_weights(
             )
         other = vision if reader is llm else llm
         planned.append(PlannedTensor(name, expected[name], dtype, _loader(reader, old, dtype, rows, other)))
+    for name in POOLING_LAYERNORM:  # identity weights: never applied, but every weight of the model is written
+        fill = torch.ones if name.endswith(".weight") else torch.zeros
+        planned.append(PlannedTensor(name, expected[name], dtype, functools.partial(fill, expected[name], dtype=dtype)))
     return planned
