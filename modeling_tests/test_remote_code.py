@@ -6,6 +6,7 @@ cannot be imported, and compute exactly what the package computes.
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,8 +99,8 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     stale = root / "stale"
     shutil.copytree(saved, stale)
     module = stale / "configuration_conv_llava.py"
-    current = f"CONVLLAVA_CODE_VERSION = {CONVLLAVA_CODE_VERSION}\n"
-    module.write_text(module.read_text().replace(current, f"CONVLLAVA_CODE_VERSION = {CONVLLAVA_CODE_VERSION - 1}\n"))
+    older = f"CONVLLAVA_CODE_VERSION = {CONVLLAVA_CODE_VERSION - 1}"
+    module.write_text(re.sub(r"^CONVLLAVA_CODE_VERSION = \d+", older, module.read_text(), count=1, flags=re.MULTILINE))
     return {
         "converted": converted,
         "saved": saved,

@@ -7,8 +7,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, LlavaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-#: Version of the remote-code modules, saved as `convllava_code_version`; older modules refuse a newer folder.
-CONVLLAVA_CODE_VERSION = 1
+CONVLLAVA_CODE_VERSION = 1  # of the remote-code modules, saved in configs; older modules refuse a newer folder
 #: The Auto classes of a folder holding `modeling_conv_llava.py` (its `auto_map`), mapped as LLaVA is.
 MODEL_AUTO_MAP = {"AutoModel": "modeling_conv_llava.ConvLlavaModel"} | dict.fromkeys(
     ("AutoModelForImageTextToText", "AutoModelForMultimodalLM", "AutoModelForPreTraining"),

@@ -4,6 +4,7 @@ plus "preserve" (aspect ratio kept, zero padding). The package plugs in its file
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import PIL.Image
@@ -67,11 +68,9 @@ def canvas_settings(kwargs: dict) -> dict:
 
 class ConvLlavaImageProcessor(LlavaImageProcessorPil):
     r"""
-    [`LlavaImageProcessorPil`] on a `resolution` x `resolution` canvas (default 1536, a multiple of 64). With
-    `image_aspect_ratio="pad"` (default, the released models'), LLaVA's `do_pad` path: the original pipeline. With
-    `"preserve"`, LLaVA's resize to the longer side `resolution`, each side rounded to a multiple of 64 (halves up,
-    within `[64, resolution]`), then zero padding at the bottom and right. `image_sizes` holds each image's content
-    `(height, width)`, the region the model encodes; `size` and `crop_size` follow `resolution`.
+    [`LlavaImageProcessorPil`] on a square canvas of side `resolution` (1536, a multiple of 64). `"pad"` mode (default)
+    is LLaVA's `do_pad` path, the original pipeline; `"preserve"` resizes the longer side to `resolution`, each side
+    rounded to a multiple of 64 (halves up, in [64, resolution]), then zero-pads. `image_sizes`: each image's content.
     """
 
     valid_kwargs = ConvLlavaImageProcessorKwargs
@@ -92,10 +91,9 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers saves; the `auto_map` it sets goes into the files only, so `to_dict()` stays the same."""
-        try:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self.__dict__.pop("auto_map", None)
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        self.__dict__.pop("auto_map", None)
+        return saved
 
     def preprocess(self, images, *args, **kwargs: Unpack[ConvLlavaImageProcessorKwargs]) -> BatchFeature:
         """As in transformers; `size` / `crop_size` set the `resolution` of this call."""
@@ -141,12 +139,12 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
             image = self.image_files.checked_rgb(image)
         if str(getattr(image, "dtype", "")) == "torch.bfloat16":
             image = image.float()  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
-        if kwargs.get("do_rescale") is False and not isinstance(image, PIL.Image.Image):
-            if is_scaled_image(np.asarray(image, dtype=np.float32)):  # silently 255 times too large otherwise
-                logger.warning_once(
-                    "It looks like you are passing images with pixel values between 0 and 1 and do_rescale=False. They "
-                    "become 8-bit (x255) like the original's images: leave do_rescale=True to bring them back to 0..1."
-                )
+        unscaled = kwargs.get("do_rescale") is False and not isinstance(image, PIL.Image.Image)
+        if unscaled and is_scaled_image(np.asarray(image, dtype=np.float32)):  # silently 255 times too large
+            logger.warning_once(
+                "It looks like you are passing images with pixel values between 0 and 1 and do_rescale=False. They "
+                "become 8-bit (x255) like the original's images: leave do_rescale=True to bring them back to 0..1."
+            )
         array = super().process_image(image, **kwargs)
         if self.image_files is not None:
             self.image_files.check_pixel_count(*array.shape[-2:])
@@ -156,22 +154,27 @@ class ConvLlavaImageProcessor(LlavaImageProcessorPil):
 
     def _preprocess(self, images, resolution, image_aspect_ratio, resample, image_mean, return_tensors, **kwargs):
         sizes = [self.content_size(*image.shape[1:], resolution, image_aspect_ratio) for image in images]
-        if image_aspect_ratio == "pad":  # LLaVA's square of the mean colour; a longer side resized by the package
-            colour, thin = tuple(int(mean * 255) for mean in image_mean), self.padded_resize
-            images = [
-                self.pad_to_square(image, colour)
-                if thin is None or max(image.shape[1:]) <= MAX_SQUARE_SIDE
-                else thin.resized_padded_square(image, resolution, colour, resample)  # LLaVA's resize keeps it
-                for image in images
-            ]
-        else:
-            images = [self.resize(image, SizeDict(height=h, width=w), resample) for image, (h, w) in zip(images, sizes)]
-            kwargs.update(do_resize=False, do_center_crop=False)
-        kwargs["do_pad"] = False
-        processed = super()._preprocess(images, resample=resample, image_mean=image_mean, return_tensors=None, **kwargs)
-        pixel_values = np.zeros((len(images), 3, resolution, resolution), dtype=np.float32)
-        for canvas, image in zip(pixel_values, processed["pixel_values"]):
-            canvas[:, : image.shape[1], : image.shape[2]] = image
+        pad, thin, colour = (
+            image_aspect_ratio == "pad",
+            self.padded_resize,
+            tuple(int(mean * 255) for mean in image_mean),
+        )
+        kwargs.update(do_pad=False, resample=resample, image_mean=image_mean, return_tensors=None)
+        kwargs.update({} if pad else {"do_resize": False, "do_center_crop": False})
+        pixel_values, llava = np.zeros((len(images), 3, resolution, resolution), dtype=np.float32), super()._preprocess
+
+        def fill(index: int) -> None:  # LLaVA's steps for one image (padded to its square, or resized), on its canvas
+            image, (height, width) = images[index], sizes[index]
+            if not pad:
+                image = self.resize(image, SizeDict(height=height, width=width), resample)
+            elif thin is None or max(image.shape[1:]) <= MAX_SQUARE_SIDE:
+                image = self.pad_to_square(image, colour)
+            else:  # already `resolution` square: LLaVA's resize keeps it
+                image = thin.resized_padded_square(image, resolution, colour, resample)
+            pixel_values[index, :, :height, :width] = llava([image], **kwargs)["pixel_values"][0]
+
+        with ThreadPoolExecutor(min(len(images), os.cpu_count() or 1) or 1) as pool:  # Pillow and numpy free the GIL
+            list(pool.map(fill, range(len(images))))
         if return_tensors is None:
             return BatchFeature({"pixel_values": list(pixel_values), "image_sizes": [list(size) for size in sizes]})
         image_sizes = np.array(sizes, dtype=np.int64).reshape(-1, 2)

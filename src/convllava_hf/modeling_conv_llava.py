@@ -27,8 +27,7 @@ class ConvLlavaPreTrainedModel(LlavaPreTrainedModel):
     config: ConvLlavaConfig
     # ConvNextModel's pooling layernorm, which ConvLLaVA never applies: folders from before it was written lack it.
     _keys_to_ignore_on_load_missing = [r"vision_tower\.layernorm\."]
-    #: What bitsandbytes leaves unquantized when `llm_int8_skip_modules` is None: the tower, the projector, `lm_head`.
-    bnb_skip_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+    bnb_skip_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")  # bitsandbytes' default
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

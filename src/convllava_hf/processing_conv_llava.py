@@ -52,10 +52,9 @@ class ConvLlavaProcessor(LlavaProcessor):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers saves; `auto_map` goes into the files only, so `to_dict()` is the same after a reload."""
-        try:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self.__dict__.pop("auto_map", None), self.image_processor.__dict__.pop("auto_map", None)
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        self.__dict__.pop("auto_map", None), self.image_processor.__dict__.pop("auto_map", None)
+        return saved
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         """`"<image>" * n`: one image token per 64x64 pixels of the image's content size (`image_sizes`)."""
