@@ -9,13 +9,13 @@ square). Both layouts hold the same weights under the same names; only these set
 
 import math
 
-STOCK_MODEL_TYPE = "fast_vlm"
+from .configuration_conv_llava import STASH_KEY, STOCK_MODEL_TYPE, VISION_STRIDE
+from .processing_conv_llava import LLAVA_SETTINGS
+
 STOCK_ARCHITECTURE = "FastVlmForConditionalGeneration"
 STOCK_PROCESSOR_CLASS = "LlavaProcessor"
 #: The image processor written into stock folders: LLaVA's PIL backend, whose pixels are the original's.
 STOCK_IMAGE_PROCESSOR_TYPE = "LlavaImageProcessorPil"
-#: Key of a stock config that keeps the settings only this package uses.
-STASH_KEY = "convllava_layout"
 #: Keys of a conv_llava config that the stock config does not carry (the model's remote code and its version).
 PACKAGE_ONLY_CONFIG_KEYS = ("auto_map", "convllava_code_version", "image_resolution")
 
@@ -25,7 +25,7 @@ PACKAGE_ONLY_CONFIG_KEYS = ("auto_map", "convllava_code_version", "image_resolut
 STOCK_ATTENTION = {"": "eager"}
 
 #: The `LlavaProcessor` settings that reproduce the original `pad` pipeline.
-STOCK_PROCESSOR_SETTINGS = {"vision_feature_select_strategy": "full", "num_additional_image_tokens": 0}
+STOCK_PROCESSOR_SETTINGS = LLAVA_SETTINGS
 #: The image processor settings the original pipeline relies on (pad to a square, resize, centre crop).
 STOCK_IMAGE_SETTINGS = {"do_pad": True, "do_resize": True, "do_center_crop": True}
 #: Keys of a conv_llava image processor config that a stock one does not carry.
@@ -64,7 +64,7 @@ def to_stock_config(config: dict) -> dict:
     return stock
 
 
-def _resolution_of(config: dict, stride: int = 64) -> int:
+def _resolution_of(config: dict, stride: int = VISION_STRIDE) -> int:
     """
     The square side a stock config (of a ConvNeXt whose stride is `stride`) was made for: its stashed
     `image_resolution`, else the one `image_seq_length` gives.
@@ -101,10 +101,10 @@ def from_stock_config(config: dict, where: str = "config.json") -> dict:
         raise StockLayoutError(
             f"{where}: vision_config.model_type={vision.get('model_type')!r}; ConvLLaVA's tower is a 'convnext'."
         )
-    if vision_stride(vision) != 64:
+    if vision_stride(vision) != VISION_STRIDE:
         raise StockLayoutError(
-            f"{where}: the ConvNeXt's total stride is {vision_stride_description(vision)}, not ConvLLaVA's 64 "
-            "(vision_config.patch_size must be 4 and vision_config.num_stages 5)."
+            f"{where}: the ConvNeXt's total stride is {vision_stride_description(vision)}, not ConvLLaVA's "
+            f"{VISION_STRIDE} (vision_config.patch_size must be 4 and vision_config.num_stages 5)."
         )
     width = vision.get("hidden_size")
     if width is not None and width != vision["hidden_sizes"][-1]:
@@ -137,35 +137,3 @@ def to_stock_image_processor(image_processor: dict) -> dict:
         )
     stock = {key: value for key, value in image_processor.items() if key not in PACKAGE_ONLY_IMAGE_KEYS}
     return {**stock, **STOCK_IMAGE_SETTINGS, "image_processor_type": STOCK_IMAGE_PROCESSOR_TYPE}
-
-
-def from_stock_processor(processor: dict, where: str = "processor_config.json") -> dict:
-    """
-    The `ConvLlavaProcessor` settings (`image_processor` kwargs and `image_token`) of a stock `LlavaProcessor` config
-    dict; raises naming a field that does not reproduce the original pipeline.
-    """
-    checks = {"patch_size": 64, **STOCK_PROCESSOR_SETTINGS}
-    for key, expected in checks.items():
-        if processor.get(key, expected) != expected:
-            raise StockLayoutError(
-                f"{where}: {key}={processor[key]!r}, but ConvLLaVA needs {key}={expected!r} (one image token per "
-                "64x64 pixels of the last ConvNeXt stage, no extra tokens)."
-            )
-    image_processor = dict(processor.get("image_processor") or {})
-    for key, expected in STOCK_IMAGE_SETTINGS.items():
-        if image_processor.get(key) is not expected:
-            raise StockLayoutError(
-                f"{where}: image_processor.{key}={image_processor.get(key)!r}; the original pipeline needs {expected}."
-            )
-    crop = image_processor.get("crop_size") or {}
-    size = image_processor.get("size") or {}
-    sides = {crop.get("height"), crop.get("width"), size.get("shortest_edge")}
-    if len(sides) != 1 or not isinstance(side := sides.pop(), int) or side % 64:
-        raise StockLayoutError(
-            f"{where}: image_processor.crop_size={crop!r} and size={size!r} must be one square side, a multiple of 64."
-        )
-    kept = {key: value for key, value in image_processor.items() if key not in ("image_processor_type", "auto_map")}
-    settings = {"image_processor": {**kept, "resolution": side, "image_aspect_ratio": "pad"}}
-    if "image_token" in processor:
-        settings["image_token"] = processor["image_token"]
-    return settings

@@ -125,7 +125,6 @@ def _stock_processor(folder: Path) -> LlavaProcessor:
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=processor.tokenizer,
-        patch_size=64,
         chat_template=processor.chat_template,
         image_token=processor.image_token,
         **stock_layout.STOCK_PROCESSOR_SETTINGS,
